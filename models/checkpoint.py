@@ -1,0 +1,215 @@
+"""Saving and loading DRSTA checkpoints.
+
+A checkpoint is a plain dict of tensors, numbers and strings, so it loads with ``torch.load(...,
+weights_only=True)``: a ``.pt`` file from a stranger cannot run code here.
+
+Layout (``format`` = ``drsta-checkpoint/1``)::
+
+    {"format": str, "config": dict (DRSTAConfig fields), "head": state_dict without the backbone,
+     "backbone": state_dict or absent, "backbone_weights": {"source": str, "sha256": str} or absent,
+     "meta": dict (dataset, split, metrics...), "train_state": dict (optimiser, epoch...) or absent}
+
+The project's default checkpoint holds the head only: the backbone weights are third-party and stay in
+``../shared`` (or are downloaded from their official URL with a sha256 check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.backbones import build_backbone
+from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
+from models.weights import load_state_dict_file
+
+FORMAT = "drsta-checkpoint/1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"
+# The backbone the default checkpoint was trained on: the OSNet x0.25 MSMT17 weights in ../shared/assets.
+DEFAULT_BACKBONE_WEIGHTS = (
+    REPO_ROOT.parent / "shared" / "assets" / "reid" / "osnet_x0_25" / "osnet_x0_25_msmt17.pth"
+)
+DEFAULT_BACKBONE_SHA256 = "6f57607fed9f502b9efed546108132ee715df5a5b6e6932c6269bacb47f59f99"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, not ours, or built for another architecture."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: DRSTA,
+    *,
+    include_backbone: bool,
+    backbone_weights: dict[str, str] | None = None,
+    meta: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "config": {k: v for k, v in vars(model.cfg).items()},
+        "head": {k: v.detach().cpu() for k, v in model.head_state_dict().items()},
+        "meta": meta or {},
+    }
+    if include_backbone:
+        payload["backbone"] = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
+    if backbone_weights:
+        payload["backbone_weights"] = dict(backbone_weights)
+    if train_state is not None:
+        payload["train_state"] = train_state
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check the layout; raise CheckpointError with a one-line reason naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for pickles that need code or corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused or unreadable with weights_only=True (a checkpoint must hold only tensors and "
+            f"plain data): {first}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a DRSTA checkpoint (format {got!r}, expected {FORMAT!r})")
+    return payload
+
+
+def build_model_from_checkpoint(
+    payload: dict[str, Any],
+    *,
+    path: str | Path = "<checkpoint>",
+    backbone_weights: str | Path | None = None,
+) -> DRSTA:
+    """Rebuild DRSTA from a checkpoint dict. The backbone comes from the checkpoint when it holds one,
+    else from ``backbone_weights`` (path or URL), else from the source recorded in the checkpoint."""
+    try:
+        cfg = DRSTAConfig.from_dict(dict(payload["config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad config in checkpoint: {exc}") from None
+    if "backbone" in payload:
+        backbone = build_backbone(cfg.backbone, pretrained=False)
+        _load_strict(backbone, payload["backbone"], path, "backbone")
+    else:
+        recorded = payload.get("backbone_weights", {})
+        source = backbone_weights or recorded.get("source")
+        sha = None if backbone_weights else recorded.get("sha256")
+        if source is None:
+            raise CheckpointError(
+                f"{path}: holds no backbone; pass the backbone weights (--backbone-weights PATH)"
+            )
+        backbone = build_backbone(cfg.backbone, weights=source, weights_sha256=sha, pretrained=True)
+    model = DRSTA(cfg, backbone=backbone)
+    head = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    _check_keys(head, payload["head"], path, "head")
+    model.load_state_dict(
+        {**payload["head"], **{f"backbone.{k}": v for k, v in backbone.state_dict().items()}}
+    )
+    return model.eval()
+
+
+def _check_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], path, part: str) -> None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if tuple(expected[k].shape) != tuple(got[k].shape))
+    if missing or unexpected or wrong:
+        bits = []
+        if missing:
+            bits.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            bits.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            k = wrong[0]
+            bits.append(f"shape of {k}: checkpoint {tuple(got[k].shape)} vs model {tuple(expected[k].shape)}")
+        raise CheckpointError(
+            f"{path}: {part} does not match the architecture in its config: {'; '.join(bits)}"
+        )
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path, part: str) -> None:
+    _check_keys(module.state_dict(), state, path, part)
+    module.load_state_dict(state)
+
+
+def load_drsta(
+    checkpoint: str | Path | None = None,
+    *,
+    backbone_weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> DRSTA:
+    """Load a DRSTA checkpoint (the project's default one when ``checkpoint`` is None) onto ``device``.
+
+    For the default checkpoint the backbone weights are looked for at ``backbone_weights``, then at the
+    path recorded in it, then at ``../shared/assets/reid/osnet_x0_25/`` next to this repository.
+    """
+    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    payload = read_checkpoint(path)
+    if backbone_weights is None and "backbone" not in payload:
+        recorded = payload.get("backbone_weights", {}).get("source")
+        if recorded and not Path(recorded).is_absolute():
+            # recorded relative to the repository root, where the default checkpoint lives
+            candidate = REPO_ROOT / recorded
+            backbone_weights = candidate if candidate.exists() else None
+    return build_model_from_checkpoint(payload, path=path, backbone_weights=backbone_weights).to(device)
+
+
+def load_avgpool_baseline(
+    backbone: str,
+    backbone_weights: str | Path | None,
+    *,
+    num_frames: int = 6,
+    device: str | torch.device = "cpu",
+) -> AvgPoolReID:
+    """The average-pooling baseline on a pretrained backbone (no checkpoint of ours involved)."""
+    net = build_backbone(backbone, weights=backbone_weights, pretrained=True)
+    return AvgPoolReID(net, num_frames=num_frames).to(device).eval()
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """ "auto" (or None) -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+__all__ = [
+    "CheckpointError",
+    "DEFAULT_CHECKPOINT",
+    "DEFAULT_BACKBONE_WEIGHTS",
+    "build_model_from_checkpoint",
+    "load_avgpool_baseline",
+    "load_drsta",
+    "load_state_dict_file",
+    "read_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "sha256_file",
+]

@@ -1,0 +1,176 @@
+"""Typed messages exchanged between pipeline stages.
+
+Every message is a frozen dataclass whose arrays are columns: row ``i`` of every array describes the same
+object. Constructors validate shapes and dtypes and raise ``ValueError`` naming the field, the expected shape
+and what arrived, so a malformed message fails where it is made, not three stages later.
+
+Coordinates are pixels in the original frame, boxes are ``xyxy`` (x1, y1, x2, y2), timestamps are POSIX
+seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Frame", "Detections", "Tracks", "Tracklet"]
+
+
+def _column(name: str, value, dtype, n: int | None, tail: tuple[int, ...] = ()) -> np.ndarray:
+    """Return ``value`` as a contiguous array of ``dtype`` with shape ``(n, *tail)``; raise naming ``name``."""
+    arr = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+    if arr.size == 0 and n in (None, 0):
+        arr = arr.reshape((0, *tail))
+    expected = ("N" if n is None else n, *tail)
+    if arr.ndim != 1 + len(tail) or arr.shape[1:] != tail or (n is not None and arr.shape[0] != n):
+        raise ValueError(f"{name}: expected shape {expected}, got {arr.shape}")
+    return arr
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame of one camera.
+
+    ``image`` is (H, W, 3) uint8 BGR as OpenCV decodes it. ``frame_index`` counts from 0 per camera;
+    ``timestamp`` is the camera's start time plus the presentation time for files, the wall clock for live
+    sources.
+    """
+
+    camera_id: str
+    frame_index: int
+    timestamp: float
+    image: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            got = getattr(img, "shape", type(img).__name__), getattr(img, "dtype", None)
+            raise ValueError(f"Frame.image: expected (H, W, 3) uint8, got {got}")
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detector output for one frame: ``boxes`` (N, 4) float32 xyxy, ``scores`` (N,), ``class_ids`` (N,)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        boxes = _column("Detections.boxes", self.boxes, np.float32, None, (4,))
+        n = boxes.shape[0]
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", _column("Detections.scores", self.scores, np.float32, n))
+        object.__setattr__(self, "class_ids", _column("Detections.class_ids", self.class_ids, np.int64, n))
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def select(self, mask: np.ndarray) -> Detections:
+        """Rows where ``mask`` (bool (N,) or integer indices) holds."""
+        return Detections(self.boxes[mask], self.scores[mask], self.class_ids[mask])
+
+    def as_array(self) -> np.ndarray:
+        """(N, 6) float32 ``[x1, y1, x2, y2, score, class]``: the layout boxmot's ``update`` takes."""
+        return np.concatenate(
+            [self.boxes, self.scores[:, None], self.class_ids[:, None].astype(np.float32)], axis=1
+        ).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Tracker output for one frame.
+
+    ``track_ids`` (M,) int64 are unique per camera; ``boxes`` (M, 4) xyxy as the tracker estimates them;
+    ``det_indices`` (M,) int64 index the :class:`Detections` of the same frame the track was matched to,
+    so a caller can crop the detected box rather than the tracker's smoothed one.
+    """
+
+    track_ids: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    det_indices: np.ndarray
+
+    def __post_init__(self) -> None:
+        ids = _column("Tracks.track_ids", self.track_ids, np.int64, None)
+        m = ids.shape[0]
+        object.__setattr__(self, "track_ids", ids)
+        object.__setattr__(self, "boxes", _column("Tracks.boxes", self.boxes, np.float32, m, (4,)))
+        object.__setattr__(self, "scores", _column("Tracks.scores", self.scores, np.float32, m))
+        object.__setattr__(self, "det_indices", _column("Tracks.det_indices", self.det_indices, np.int64, m))
+
+    @classmethod
+    def empty(cls) -> Tracks:
+        return cls(
+            np.zeros(0, np.int64),
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.track_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Tracklet:
+    """A closed piece of one track in one camera, ready for re-ID.
+
+    ``crops`` (T, 256, 128, 3) uint8 BGR is a bounded, uniformly spread sample of the track's frames; the
+    per-crop columns ``frame_indices``, ``timestamps``, ``boxes`` (T, 4) xyxy and ``scores`` describe each
+    kept crop. ``first_frame``/``last_frame`` and ``start_time``/``end_time`` span the whole observed
+    track piece, which may be longer than the kept crops; ``num_frames`` counts every frame observed.
+    The natural key is ``(camera_id, track_id, chunk)``.
+    """
+
+    camera_id: str
+    track_id: int
+    chunk: int
+    first_frame: int
+    last_frame: int
+    start_time: float
+    end_time: float
+    num_frames: int
+    frame_indices: np.ndarray
+    timestamps: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    crops: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        idx = _column("Tracklet.frame_indices", self.frame_indices, np.int64, None)
+        t = idx.shape[0]
+        object.__setattr__(self, "frame_indices", idx)
+        object.__setattr__(self, "timestamps", _column("Tracklet.timestamps", self.timestamps, np.float64, t))
+        object.__setattr__(self, "boxes", _column("Tracklet.boxes", self.boxes, np.float32, t, (4,)))
+        object.__setattr__(self, "scores", _column("Tracklet.scores", self.scores, np.float32, t))
+        crops = np.asarray(self.crops)
+        if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[0] != t or crops.shape[3] != 3:
+            raise ValueError(
+                f"Tracklet.crops: expected ({t}, H, W, 3) uint8, got {crops.shape} {crops.dtype}"
+            )
+        if self.last_frame < self.first_frame or self.end_time < self.start_time:
+            raise ValueError(
+                f"Tracklet {self.key}: span reversed (frames {self.first_frame}..{self.last_frame}, "
+                f"times {self.start_time}..{self.end_time})"
+            )
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.camera_id, int(self.track_id), int(self.chunk))
+
+    def __len__(self) -> int:
+        return int(self.frame_indices.shape[0])

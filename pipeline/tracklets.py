@@ -1,0 +1,358 @@
+"""Tracklet builder: one camera's per-frame tracker output -> closed, bounded :class:`Tracklet` pieces.
+
+One :class:`TrackletBuilder` per camera sits after the tracker. Each call to :meth:`TrackletBuilder.update`
+takes the frame, the detector output and the tracker output of that frame and returns the tracklets that
+closed at this frame; :meth:`TrackletBuilder.flush` closes everything at the end of the stream.
+
+Per track id the builder keeps one open *piece*:
+
+- **Seen frames.** Every frame in which the track id appears in :class:`Tracks` counts as seen: it extends
+  ``first_frame``/``last_frame`` and ``num_frames`` and resets the gap counter, whether or not it yields a
+  crop.
+- **Crops.** A seen frame yields a crop only if the track was matched to a detection this frame
+  (``det_indices[i]`` is a valid index into the frame's :class:`Detections`) and the *detected* box passes
+  the quality filters, checked in this order; the first one that fails is counted in
+  ``stats["crops_rejected"]``:
+
+  ``unmatched``  det index is -1 or out of range, or the detected box is not finite;
+  ``roi``        the box's bottom-centre (feet point) lies outside the optional ROI polygon;
+  ``low_conf``   the detection score is below ``min_conf``;
+  ``small``      the box clipped to the frame is lower than ``min_box_height`` or narrower than
+                 ``min_box_width``;
+  ``border``     the box comes within ``border_margin`` pixels of the frame border (x1 < m, y1 < m,
+                 x2 > W - m or y2 > H - m), i.e. the person is probably cut by the image edge.
+
+  The crop is the detected box clipped to the frame, resized to ``crop_size`` (H, W) with bilinear
+  interpolation; it is a fresh array, never a view of the frame. Its row in the tracklet records the frame
+  index, timestamp, clipped box (xyxy float) and detection score.
+- **Bounded memory.** At most ``max_crops`` crops are held per open piece, whatever its length. The frames
+  that pass the filters are numbered ``q = 0, 1, 2, ...`` and the piece keeps exactly those with
+  ``q % stride == 0``. ``stride`` starts at 1; when a new candidate arrives and the buffer already holds
+  ``max_crops`` crops, the stride doubles and the buffer is decimated to the crops whose ``q`` is a multiple
+  of the new stride. So the kept crops are always evenly spaced over the usable frames seen so far (the first
+  one is the first usable frame, the last one is less than ``stride`` usable frames from the end), and once a
+  piece has outgrown ``max_crops`` it holds between ``ceil(max_crops / 2)`` and ``max_crops`` crops. A frame
+  is only cropped and resized when it will be kept, so the cost per frame is O(1) amortised. Numbering the
+  *usable* frames rather than all seen frames avoids aliasing: with a detector that runs on every other
+  frame, a stride over all frames would land on the unmatched ones only.
+- **Closing.** A piece closes when its track has been absent from ``Tracks`` for more than ``max_gap``
+  consecutive frames (reason ``"gap"``; frame indices count, so frames the source skipped count as absent),
+  when it has been seen in ``max_length`` frames (reason ``"max_length"``: the track continues in the next
+  frame it is seen as chunk + 1), or at :meth:`flush` (reason ``"flush"``). A closed piece with fewer than
+  ``min_length`` crops is dropped (``stats["dropped_short"]``). Because the sampler keeps at least
+  ``ceil(max_crops / 2)`` crops once it decimates, ``min_length <= ceil(max_crops / 2)`` is required, so
+  "enough usable frames" and "enough kept crops" mean the same thing.
+- **Chunk numbers** count from 0 per track id and go up by one for every piece of that track id (after a
+  ``max_length`` split and also when a track id reappears after a ``gap`` close), so the natural key
+  ``(camera_id, track_id, chunk)`` stays unique. The next chunk number of a closed track id is remembered
+  for ``forget_after`` frames after it closed, then forgotten, so memory does not grow with the number of
+  track ids a long-running camera has seen.
+- **Close reasons.** The :class:`Tracklet` message has no field for it: after each :meth:`update` or
+  :meth:`flush`, :attr:`TrackletBuilder.last_close_reasons` maps the key of every tracklet that call
+  returned to its reason. It only describes the latest call.
+
+Tracklets that close in the same call are returned sorted by ``(track_id, chunk)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.messages import Detections, Frame, Tracklet, Tracks
+
+__all__ = ["TrackletBuilder", "CLOSE_REASONS", "REJECT_REASONS"]
+
+CLOSE_REASONS = ("gap", "max_length", "flush")
+REJECT_REASONS = ("unmatched", "roi", "low_conf", "small", "border")
+
+
+class _StrideSampler:
+    """Keep at most ``capacity`` items of a stream, evenly spaced: positions that are multiples of a stride
+    that doubles (decimating the buffer by 2) whenever a new kept item would overflow the buffer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.stride = 1
+        self.count = 0
+        self.items: list[tuple[int, Any]] = []  # (position in the stream, item)
+
+    def offer(self, make_item: Callable[[], Any]) -> bool:
+        """Count one stream item; call ``make_item`` and keep its result only if it falls on the grid."""
+        pos = self.count
+        self.count += 1
+        if pos % self.stride:
+            return False
+        while len(self.items) >= self.capacity:
+            self.stride *= 2
+            self.items = [(p, it) for p, it in self.items if p % self.stride == 0]
+            if pos % self.stride:
+                return False
+        self.items.append((pos, make_item()))
+        return True
+
+
+@dataclass
+class _Crop:
+    frame_index: int
+    timestamp: float
+    box: np.ndarray  # (4,) float32 xyxy, clipped to the frame
+    score: float
+    image: np.ndarray  # (H, W, 3) uint8
+
+
+@dataclass
+class _Piece:
+    track_id: int
+    chunk: int
+    first_frame: int
+    start_time: float
+    last_frame: int
+    end_time: float
+    sampler: _StrideSampler
+    num_frames: int = 0
+
+
+@dataclass
+class _Stats:
+    opened: int = 0
+    closed: int = 0
+    dropped_short: int = 0
+    closed_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+
+
+class TrackletBuilder:
+    """Cut one camera's tracks into closed tracklets with a bounded, evenly spread sample of quality crops.
+
+    See the module docstring for the full contract (crops, filters, memory bound, closing rules, chunk
+    numbers). Frames must be given in strictly increasing ``frame_index`` order, one call per frame, also when
+    there are no tracks. ``roi`` is an optional polygon of >= 3 ``(x, y)`` pixel points; a detection whose
+    feet point lies outside it (points on the edge count as inside) yields no crop. ``forget_after`` is how
+    many frames the next chunk number of a closed track id is remembered (for a track id that comes back).
+
+    Raises ``ValueError`` for inconsistent settings, a frame of another camera, a frame index that does not
+    increase, or duplicate track ids in one :class:`Tracks`.
+    """
+
+    def __init__(
+        self,
+        camera_id: str,
+        *,
+        min_length: int = 4,
+        max_length: int = 300,
+        max_gap: int = 30,
+        min_box_height: int = 40,
+        min_box_width: int = 16,
+        min_conf: float = 0.3,
+        border_margin: int = 2,
+        max_crops: int = 32,
+        crop_size: tuple[int, int] = (256, 128),
+        roi: Sequence[tuple[float, float]] | None = None,
+        forget_after: int = 9000,
+    ) -> None:
+        if not isinstance(camera_id, str) or not camera_id:
+            raise ValueError(f"camera_id: expected a non-empty str, got {camera_id!r}")
+        if max_crops < 1:
+            raise ValueError(f"max_crops: expected >= 1, got {max_crops}")
+        if not 1 <= min_length <= math.ceil(max_crops / 2):
+            raise ValueError(
+                f"min_length: expected 1 <= min_length <= ceil(max_crops / 2) = {math.ceil(max_crops / 2)}, "
+                f"got {min_length} (a decimated piece keeps only ceil(max_crops / 2) crops)"
+            )
+        if max_length < min_length:
+            raise ValueError(f"max_length: expected >= min_length ({min_length}), got {max_length}")
+        if max_gap < 0 or forget_after < 0:
+            raise ValueError(f"max_gap, forget_after: expected >= 0, got {max_gap}, {forget_after}")
+        if min_box_height < 1 or min_box_width < 1:
+            raise ValueError(
+                f"min_box_height, min_box_width: expected >= 1, got {min_box_height}, {min_box_width}"
+            )
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise ValueError(f"crop_size: expected (H, W) with positive ints, got {crop_size!r}")
+        self.camera_id = camera_id
+        self.min_length = int(min_length)
+        self.max_length = int(max_length)
+        self.max_gap = int(max_gap)
+        self.min_box_height = int(min_box_height)
+        self.min_box_width = int(min_box_width)
+        self.min_conf = float(min_conf)
+        self.border_margin = int(border_margin)
+        self.max_crops = int(max_crops)
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.forget_after = int(forget_after)
+        self._roi: np.ndarray | None = None
+        if roi is not None:
+            poly = np.asarray(roi, dtype=np.float32)
+            if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3 or not np.isfinite(poly).all():
+                raise ValueError(f"roi: expected >= 3 finite (x, y) points, got shape {poly.shape}")
+            self._roi = poly.reshape(-1, 1, 2)  # (P, 2) -> (P, 1, 2), the contour layout OpenCV takes
+        self._open: dict[int, _Piece] = {}
+        # track id -> (next chunk number, frame index at which its last piece closed), oldest close first
+        self._retired: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._last_index: int | None = None
+        self._stats = _Stats()
+        self.last_close_reasons: dict[tuple[str, int, int], str] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def update(self, frame: Frame, detections: Detections, tracks: Tracks) -> list[Tracklet]:
+        """Add one frame's tracks; return the tracklets that closed at this frame, by (track id, chunk).
+
+        ``tracks.det_indices[i]`` indexes ``detections`` of the same frame; -1 (or any invalid index) means
+        the track was not matched this frame: it counts as seen but gives no crop.
+        """
+        if frame.camera_id != self.camera_id:
+            raise ValueError(f"frame.camera_id: expected {self.camera_id!r}, got {frame.camera_id!r}")
+        f = int(frame.frame_index)
+        if self._last_index is not None and f <= self._last_index:
+            raise ValueError(
+                f"frame.frame_index: expected > {self._last_index} (strictly increasing), got {f}"
+            )
+        ids = tracks.track_ids
+        if np.unique(ids).shape[0] != ids.shape[0]:
+            raise ValueError(f"Tracks.track_ids: expected unique ids, got {ids.tolist()}")
+        self._last_index = f
+        ts = float(frame.timestamp)
+        closed: list[tuple[_Piece, str]] = []
+        for i in range(len(tracks)):
+            tid = int(ids[i])
+            piece = self._open.get(tid)
+            if piece is not None and f - piece.last_frame - 1 > self.max_gap:
+                closed.append((self._close(tid, f), "gap"))
+                piece = None
+            if piece is None:
+                piece = self._open_piece(tid, f, ts)
+            self._observe(piece, frame, detections, int(tracks.det_indices[i]))
+            if piece.num_frames >= self.max_length:
+                closed.append((self._close(tid, f), "max_length"))
+        present = {int(t) for t in ids}
+        lost = [t for t, p in self._open.items() if t not in present and f - p.last_frame > self.max_gap]
+        closed.extend((self._close(t, f), "gap") for t in lost)
+        while self._retired and f - next(iter(self._retired.values()))[1] > self.forget_after:
+            self._retired.popitem(last=False)
+        return self._emit(closed)
+
+    def flush(self) -> list[Tracklet]:
+        """End of stream: close every open piece (reason ``"flush"``) and return those long enough."""
+        f = self._last_index if self._last_index is not None else 0
+        return self._emit([(self._close(t, f), "flush") for t in list(self._open)])
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters since construction (a copy): ``opened``, ``closed`` (emitted + dropped), ``emitted``,
+        ``dropped_short``, ``open`` (pieces open now), ``closed_by`` {close reason: n} and ``crops_rejected``
+        {filter reason: n frames}."""
+        s = self._stats
+        return {
+            "opened": s.opened,
+            "closed": s.closed,
+            "emitted": s.closed - s.dropped_short,
+            "dropped_short": s.dropped_short,
+            "open": len(self._open),
+            "closed_by": dict(s.closed_by),
+            "crops_rejected": dict(s.rejected),
+        }
+
+    @property
+    def buffered_crops(self) -> int:
+        """Crops held right now over all open pieces (each piece holds at most ``max_crops``)."""
+        return sum(len(p.sampler.items) for p in self._open.values())
+
+    # ------------------------------------------------------------------ internals
+
+    def _open_piece(self, tid: int, f: int, ts: float) -> _Piece:
+        chunk = self._retired.pop(tid)[0] if tid in self._retired else 0
+        piece = _Piece(tid, chunk, f, ts, f, ts, _StrideSampler(self.max_crops))
+        self._open[tid] = piece
+        self._stats.opened += 1
+        return piece
+
+    def _close(self, tid: int, f: int) -> _Piece:
+        piece = self._open.pop(tid)
+        self._retired[tid] = (piece.chunk + 1, f)
+        self._retired.move_to_end(tid)
+        return piece
+
+    def _observe(self, piece: _Piece, frame: Frame, detections: Detections, det_index: int) -> None:
+        f, ts = int(frame.frame_index), float(frame.timestamp)
+        piece.num_frames += 1
+        piece.last_frame = f
+        piece.end_time = max(piece.end_time, ts)  # a live clock may step back; keep the span ordered
+        reason, clipped = self._check(frame, detections, det_index)
+        if reason is not None:
+            self._stats.rejected[reason] += 1
+            return
+        x1, y1, x2, y2 = clipped
+        score = float(detections.scores[det_index])
+
+        def make() -> _Crop:
+            patch = frame.image[y1:y2, x1:x2]
+            image = cv2.resize(patch, (self.crop_size[1], self.crop_size[0]), interpolation=cv2.INTER_LINEAR)
+            box = np.array([x1, y1, x2, y2], np.float32)
+            return _Crop(f, ts, box, score, np.ascontiguousarray(image))
+
+        piece.sampler.offer(make)
+
+    def _check(
+        self, frame: Frame, detections: Detections, det_index: int
+    ) -> tuple[str | None, tuple[int, int, int, int]]:
+        """First failing filter (or None) and the detected box clipped to the frame as integer xyxy."""
+        none = (0, 0, 0, 0)
+        if not 0 <= det_index < len(detections):
+            return "unmatched", none
+        box = detections.boxes[det_index]
+        if not np.isfinite(box).all():
+            return "unmatched", none
+        bx1, by1, bx2, by2 = (float(v) for v in box)
+        if self._roi is not None:
+            feet = ((bx1 + bx2) / 2.0, by2)
+            if cv2.pointPolygonTest(self._roi, feet, False) < 0:
+                return "roi", none
+        if float(detections.scores[det_index]) < self.min_conf:
+            return "low_conf", none
+        w, h = frame.width, frame.height
+        x1, y1 = max(0, math.floor(bx1)), max(0, math.floor(by1))
+        x2, y2 = min(w, math.ceil(bx2)), min(h, math.ceil(by2))
+        if y2 - y1 < self.min_box_height or x2 - x1 < self.min_box_width:
+            return "small", none
+        m = self.border_margin
+        if bx1 < m or by1 < m or bx2 > w - m or by2 > h - m:
+            return "border", none
+        return None, (x1, y1, x2, y2)
+
+    def _emit(self, closed: list[tuple[_Piece, str]]) -> list[Tracklet]:
+        out: list[Tracklet] = []
+        reasons: dict[tuple[str, int, int], str] = {}
+        for piece, reason in sorted(closed, key=lambda pr: (pr[0].track_id, pr[0].chunk)):
+            self._stats.closed += 1
+            self._stats.closed_by[reason] += 1
+            crops = [c for _, c in piece.sampler.items]
+            if len(crops) < self.min_length:
+                self._stats.dropped_short += 1
+                continue
+            t = Tracklet(
+                camera_id=self.camera_id,
+                track_id=piece.track_id,
+                chunk=piece.chunk,
+                first_frame=piece.first_frame,
+                last_frame=piece.last_frame,
+                start_time=piece.start_time,
+                end_time=piece.end_time,
+                num_frames=piece.num_frames,
+                frame_indices=np.array([c.frame_index for c in crops], np.int64),
+                timestamps=np.array([c.timestamp for c in crops], np.float64),
+                boxes=np.stack([c.box for c in crops]),
+                scores=np.array([c.score for c in crops], np.float32),
+                crops=np.stack([c.image for c in crops]),
+            )
+            reasons[t.key] = reason
+            out.append(t)
+        self.last_close_reasons = reasons
+        return out

@@ -1,0 +1,519 @@
+"""Frame sources: files, image folders, live streams (served by a local ffmpeg), errors and health."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.sources import (
+    FrameSource,
+    ImageFolderSource,
+    LiveStreamSource,
+    SourceError,
+    SourceHealth,
+    VideoFileSource,
+    iter_frames_with_progress,
+    open_source,
+    probe_video,
+)
+from tests.conftest import shared_path
+
+pytestmark = pytest.mark.timeout(60)
+
+VTEST = "data/vtest/vtest.avi"
+MP4 = "data/intel-sample-videos/one-by-one-person-detection.mp4"
+H264 = "data/intel-sample-videos/people-detection.264"
+MOT_IMG1 = "data/mot17-mini/train/MOT17-05-FRCNN/img1"
+START = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+HAVE_FFPROBE = shutil.which("ffprobe") is not None
+
+
+def _need_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"needs the {name} binary (apt-get install ffmpeg), which is absent here")
+    return path
+
+
+def _timestamps_and_indices(source: FrameSource) -> tuple[np.ndarray, list[int], tuple[int, ...]]:
+    """Iterate ``source`` without keeping images; return timestamps, frame indices and the first shape."""
+    ts, idx, shape = [], [], ()
+    for frame in source:
+        ts.append(frame.timestamp)
+        idx.append(frame.frame_index)
+        shape = shape or frame.image.shape
+        assert frame.camera_id == source.camera_id
+        assert frame.image.dtype == np.uint8 and frame.image.ndim == 3 and frame.image.shape[2] == 3
+    return np.asarray(ts, dtype=np.float64), idx, shape
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# ------------------------------------------------------------------------------------------ video files
+
+
+@pytest.mark.parametrize(
+    ("rel", "frames", "decode", "fps_probed", "fps_opencv", "shape"),
+    [
+        (VTEST, 795, None, 10.0, 10.0, (576, 768, 3)),
+        (MP4, 1394, 150, 10.0, 10.0, (432, 768, 3)),  # count from the container; decode a prefix only
+        # Raw H.264: ffprobe reads 12 fps from the SPS timing info; OpenCV reports its default 25; the
+        # stream carries no pts (POS_MSEC is 0 throughout), so timestamps come from frame_index / fps.
+        (H264, 596, None, 12.0, 25.0, (432, 768, 3)),
+    ],
+)
+def test_video_file_frames_and_timestamps(rel, frames, decode, fps_probed, fps_opencv, shape):
+    path = shared_path(rel)
+    fps = fps_probed if HAVE_FFPROBE else fps_opencv
+    with open_source("cam-file", str(path), start_time=START, max_frames=decode) as src:
+        assert isinstance(src, VideoFileSource)
+        assert src.fps == pytest.approx(fps)
+        if HAVE_FFPROBE or rel != H264:
+            assert src.num_frames == (decode or frames)
+        ts, idx, first_shape = _timestamps_and_indices(src)
+        health = src.health
+    assert len(ts) == (decode or frames) and idx == list(range(decode or frames))
+    assert first_shape == shape
+    assert ts[0] == pytest.approx(START.timestamp(), abs=1e-9)
+    np.testing.assert_allclose(np.diff(ts), 1.0 / fps, atol=1e-3)
+    assert health.frames == len(ts) and health.last_error is None and health.outages == ()
+    assert not health.connected  # exhausted and closed
+
+
+@pytest.mark.parametrize(
+    ("rel", "fps", "num_frames", "creation_time"),
+    [
+        (VTEST, 10.0, 795, None),
+        (MP4, 10.0, 1394, datetime(2017, 9, 26, 16, 57, 49, tzinfo=UTC).timestamp()),
+        (H264, 12.0, 596, None),  # no nb_frames, no duration: counted packets
+    ],
+)
+def test_probe_video(rel, fps, num_frames, creation_time):
+    _need_binary("ffprobe")
+    probe = probe_video(shared_path(rel))
+    assert probe is not None
+    assert (probe.fps, probe.num_frames, probe.rotation, probe.creation_time) == (
+        fps,
+        num_frames,
+        0,
+        creation_time,
+    )
+
+
+def test_probe_video_of_non_video_is_none(tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video\n")
+    assert probe_video(bad) is None
+    assert probe_video(tmp_path / "missing.mp4") is None
+
+
+@pytest.mark.parametrize(
+    ("rel", "fps", "num_frames"),
+    [(VTEST, 10.0, 795), (H264, 25.0, None)],  # OpenCV's rate and count; raw H.264 has no usable count
+)
+def test_without_ffprobe_falls_back_to_opencv(rel, fps, num_frames, tmp_path, monkeypatch):
+    path = shared_path(rel)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffprobe on PATH
+    assert probe_video(path) is None
+    with open_source("cam-noprobe", str(path), start_time=START) as src:
+        assert src.fps == pytest.approx(fps)
+        assert src.num_frames == num_frames
+        ts = np.array([f.timestamp for f in itertools.islice(src, 20)])
+    assert len(ts) == 20 and ts[0] == pytest.approx(START.timestamp(), abs=1e-9)
+    np.testing.assert_allclose(np.diff(ts), 1.0 / fps, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("rel", "start", "expected"),
+    [
+        (VTEST, START, START.timestamp()),
+        (VTEST, datetime(2024, 1, 1), 1704067200.0),  # naive = UTC
+        (VTEST, None, "mtime"),  # no creation_time tag in the AVI
+        (MP4, None, "creation_time"),
+        (MOT_IMG1, None, "mtime"),  # folders: the first image's mtime
+    ],
+)
+def test_start_time_default(rel, start, expected):
+    path = shared_path(rel)
+    if expected == "creation_time":
+        expected = datetime(2017, 9, 26, 16, 57, 49, tzinfo=UTC).timestamp() if HAVE_FFPROBE else "mtime"
+    if expected == "mtime":
+        expected = (sorted(path.iterdir())[0] if path.is_dir() else path).stat().st_mtime
+    with open_source("cam-start", str(path), start_time=start, max_frames=2) as src:
+        first = next(iter(src))
+        assert src.start_time == pytest.approx(expected, abs=1e-6)
+    assert first.timestamp == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(("rel", "fps"), [(VTEST, 20.0), (H264, 25.0), (MP4, 2.5)])
+def test_fps_override_sets_timestamp_spacing(rel, fps):
+    with open_source("cam-fps", str(shared_path(rel)), start_time=START, fps=fps, max_frames=10) as src:
+        assert src.fps == fps
+        ts, _, _ = _timestamps_and_indices(src)
+    # float64 POSIX seconds near 1.7e9 resolve about 2.4e-7 s
+    np.testing.assert_allclose(ts - START.timestamp(), np.arange(10) / fps, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rel", "max_frames", "expected"),
+    [(VTEST, 0, 0), (VTEST, 7, 7), (H264, 5, 5), (MOT_IMG1, 3, 3), (MOT_IMG1, 100, 6), (MOT_IMG1, 0, 0)],
+)
+def test_max_frames_caps(rel, max_frames, expected):
+    with open_source("cam-max", str(shared_path(rel)), max_frames=max_frames) as src:
+        assert src.num_frames == expected
+        _, idx, _ = _timestamps_and_indices(src)
+        assert src.health.last_error is None  # stopping at max_frames is not a truncation
+    assert idx == list(range(expected))
+
+
+@pytest.mark.parametrize(("rel", "realtime"), [(VTEST, True), (VTEST, False), (MOT_IMG1, True)])
+def test_realtime_pacing(rel, realtime):
+    """5-10 frames at 20 fps: the last leaves >= (n-1)/20 s after the first when paced, at once otherwise."""
+    with open_source("cam-rt", str(shared_path(rel)), fps=20.0, realtime=realtime, max_frames=10) as src:
+        t0 = time.monotonic()
+        n = sum(1 for _ in src)
+        elapsed = time.monotonic() - t0
+    assert n == (10 if rel == VTEST else 6)
+    if realtime:
+        assert (n - 1) / 20.0 - 0.01 <= elapsed < (n - 1) / 20.0 + 1.0
+    else:
+        assert elapsed < 0.35  # paced, the same frames take >= 0.45 s
+
+
+def test_truncated_file_stops_cleanly_with_warning(tmp_path):
+    data = shared_path(VTEST).read_bytes()
+    cut = tmp_path / "vtest_cut.avi"
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    with open_source("cam-cut", str(cut), start_time=START) as src:
+        ts, idx, _ = _timestamps_and_indices(src)  # must not raise
+        health = src.health
+    assert 100 < len(ts) < 795
+    assert idx == list(range(len(ts))) and np.all(np.diff(ts) > 0)
+    assert (
+        health.last_error is not None and "truncated" in health.last_error and "cam-cut" in health.last_error
+    )
+
+
+def test_rotation_metadata_gives_upright_frames(tmp_path):
+    """A file with a 90-degree display rotation decodes as ffmpeg itself shows it (portrait)."""
+    ffmpeg_bin = _need_binary("ffmpeg")
+    _need_binary("ffprobe")
+    base, rotated, ref = tmp_path / "base.mp4", tmp_path / "rot.mp4", tmp_path / "ref.png"
+    quiet = [ffmpeg_bin, "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+    encode = ["-frames:v", "3", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    subprocess.run([*quiet, "-i", str(shared_path(VTEST)), *encode, str(base)], check=True, timeout=30)
+    attempts = (
+        [*quiet, "-display_rotation", "90", "-i", str(base), "-c", "copy", str(rotated)],  # ffmpeg >= 6
+        [*quiet, "-i", str(base), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(rotated)],  # older
+    )
+    for cmd in attempts:
+        done = subprocess.run(cmd, capture_output=True, timeout=30)
+        probe = probe_video(rotated) if done.returncode == 0 else None
+        if probe is not None and probe.rotation in (90, 270):
+            break
+    else:
+        pytest.skip("this ffmpeg cannot write display-rotation metadata")
+    subprocess.run([*quiet, "-i", str(rotated), "-frames:v", "1", str(ref)], check=True, timeout=30)
+    expected = cv2.imread(str(ref))
+    with open_source("cam-rot", str(rotated)) as src:
+        first = next(iter(src)).image
+    assert expected.shape == (768, 576, 3) and first.shape == expected.shape
+    assert np.abs(first.astype(np.int16) - expected).mean() < 1.0
+
+
+# ---------------------------------------------------------------------------------------- image folders
+
+
+def _copy_images(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in sorted(src.glob("*.jpg")):
+        shutil.copy(p, dst / p.name)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("case", "fps_arg", "fps"), [("mot", None, 14.0), ("copy", None, 25.0), ("mot", 5.0, 5.0)]
+)
+def test_image_folder(case, fps_arg, fps, tmp_path):
+    img1 = shared_path(MOT_IMG1)
+    folder = img1 if case == "mot" else _copy_images(img1, tmp_path / "img1")  # copy: no seqinfo.ini
+    with open_source("cam-mot", str(folder), start_time=START, fps=fps_arg) as src:
+        assert isinstance(src, ImageFolderSource)
+        assert (src.fps, src.num_frames) == (fps, 6)
+        frames = list(src)
+    assert [f.frame_index for f in frames] == list(range(6))
+    np.testing.assert_allclose(
+        [f.timestamp - START.timestamp() for f in frames], np.arange(6) / fps, atol=1e-6
+    )
+    assert frames[0].image.shape == (480, 640, 3)
+    np.testing.assert_array_equal(frames[0].image, cv2.imread(str(folder / "000001.jpg")))
+
+
+def test_image_folder_natural_order_and_skips_undecodable(tmp_path):
+    for value, name in [(10, "1.png"), (20, "2.png"), (100, "10.png")]:
+        cv2.imwrite(str(tmp_path / name), np.full((4, 6, 3), value, np.uint8))
+    (tmp_path / "3.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with ImageFolderSource("cam-nat", tmp_path, start_time=START, fps=10.0) as src:
+        assert src.num_frames == 4
+        frames = list(src)
+        health = src.health
+    assert [(f.frame_index, int(f.image[0, 0, 0])) for f in frames] == [(0, 10), (1, 20), (3, 100)]
+    assert frames[2].timestamp == pytest.approx(START.timestamp() + 0.3)
+    assert health.last_error is not None and "3.png" in health.last_error
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def _missing(tmp: Path) -> str:
+    return str(tmp / "nope.mp4")
+
+
+def _zero_byte(tmp: Path) -> str:
+    (tmp / "empty.mp4").touch()
+    return str(tmp / "empty.mp4")
+
+
+def _text_as_mp4(tmp: Path) -> str:
+    (tmp / "notes.mp4").write_text("hello, this is not a video\n" * 20)
+    return str(tmp / "notes.mp4")
+
+
+def _empty_dir(tmp: Path) -> str:
+    (tmp / "frames").mkdir()
+    return str(tmp / "frames")
+
+
+def _dir_without_images(tmp: Path) -> str:
+    (tmp / "frames").mkdir()
+    (tmp / "frames" / "readme.txt").write_text("no images here")
+    return str(tmp / "frames")
+
+
+def _webcam_99(tmp: Path) -> str:
+    return "99"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_missing, _zero_byte, _text_as_mp4, _empty_dir, _dir_without_images, _webcam_99],
+    ids=lambda f: f.__name__,
+)
+def test_unusable_source_raises_source_error_naming_camera(make, tmp_path):
+    source = make(tmp_path)
+    with pytest.raises(SourceError) as info:
+        open_source("cam-bad-7", source)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert "cam-bad-7" in message and source in message and "\n" not in message
+
+
+# ------------------------------------------------------------------------------------- health, progress
+
+
+def test_health_is_readable_from_another_thread_while_frames_flow():
+    snapshots: list[SourceHealth] = []
+    stop = threading.Event()
+    with open_source("cam-h", str(shared_path(VTEST)), max_frames=150) as src:
+
+        def poll() -> None:
+            while not stop.is_set():
+                snapshots.append(src.health)
+                time.sleep(0.002)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        try:
+            n = sum(1 for _ in src)
+        finally:
+            stop.set()
+            poller.join(5)
+        final = src.health
+    counts = [s.frames for s in snapshots]
+    assert n == 150 and final.frames == 150 and final.camera_id == "cam-h"
+    assert counts == sorted(counts) and len(snapshots) > 1
+    assert final.fps > 0 and final.last_frame_time is not None
+
+
+def test_progress_bar_wraps_source(capsys):
+    with open_source("cam-bar", str(shared_path(MOT_IMG1))) as src:
+        frames = list(iter_frames_with_progress(src, position=0))
+    err = capsys.readouterr().err
+    assert [f.frame_index for f in frames] == list(range(6))
+    assert "cam-bar" in err and "6/6" in err
+
+
+# ------------------------------------------------------------------------------------------ live streams
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _StreamServer:
+    """ffmpeg serving vtest.avi in real time as MPEG-TS over HTTP (``-listen 1``: one client per process)."""
+
+    def __init__(self, ffmpeg_bin: str, video: Path) -> None:
+        self.ffmpeg_bin, self.video = ffmpeg_bin, video
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, port: int) -> subprocess.Popen:
+        cmd = [
+            self.ffmpeg_bin, "-hide_banner", "-loglevel", "error", "-nostdin",
+            "-re", "-stream_loop", "-1", "-i", str(self.video),
+            "-an", "-c:v", "mpeg2video", "-q:v", "5", "-g", "10",
+            "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/live.ts",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def stream_server() -> Iterator[_StreamServer]:
+    server = _StreamServer(_need_binary("ffmpeg"), shared_path(VTEST))
+    yield server
+    for proc in server.procs:
+        _StreamServer.kill(proc)
+
+
+def _live(url: str, **kwargs) -> LiveStreamSource:
+    settings = dict(read_timeout_s=1.0, open_timeout_s=8.0, reconnect_initial_s=0.2, reconnect_max_s=1.0)
+    return LiveStreamSource("cam-live", url, **(settings | kwargs))
+
+
+@pytest.mark.parametrize("failure", ["kill", "freeze"])  # freeze: SIGSTOP, the socket stays open and silent
+def test_live_stream_drops_when_slow_and_reconnects_after_server_restart(failure, stream_server):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    proc = stream_server.start(port)
+    with _live(url) as src:
+        frames = [src.read(timeout=15.0) for _ in range(5)]
+        assert all(f is not None for f in frames), src.health
+        assert [f.frame_index for f in frames] == sorted({f.frame_index for f in frames})
+        assert all(abs(time.time() - f.timestamp) < 5.0 for f in frames)  # wall clock at grab
+        before = src.health
+        assert before.connected and before.frames >= 5 and src.fps == pytest.approx(10.0)
+
+        time.sleep(1.0)  # a slow consumer: the 10 fps stream must not queue up behind it
+        fresh = src.read(timeout=2.0)
+        assert fresh is not None and time.time() - fresh.timestamp < 0.6
+        assert src.health.dropped >= 3
+
+        if failure == "kill":
+            stream_server.kill(proc)
+        else:
+            proc.send_signal(signal.SIGSTOP)
+        stalled = time.monotonic()
+        assert _wait_for(lambda: not src.health.connected, 6.0), src.health
+        down = src.health
+        if failure == "freeze":  # the watchdog / read timeout (1 s), not an EOF, noticed it
+            assert time.monotonic() - stalled >= 0.9
+        assert down.outages and down.outages[-1][1] is None
+        assert down.last_error is not None and "cam-live" in down.last_error
+
+        stream_server.kill(proc)  # a frozen -listen 1 server would not take the new connection
+        stream_server.start(port)
+        restarted = time.time()
+        deadline = time.monotonic() + 25.0
+        frame = None
+        while time.monotonic() < deadline and (frame is None or frame.timestamp <= restarted):
+            frame = src.read(timeout=1.0)
+        assert frame is not None and frame.timestamp > restarted, src.health
+        up = src.health
+    assert up.connected and up.reconnects > before.reconnects
+    start, end = up.outages[-1]
+    assert end is not None and start <= end and len(up.outages) == len(before.outages) + 1
+
+
+def test_live_stream_max_frames_ends_iteration(stream_server):
+    port = _free_port()
+    stream_server.start(port)
+    with open_source(
+        "cam-live-max",
+        f"http://127.0.0.1:{port}/live.ts",
+        max_frames=3,
+        read_timeout_s=1.0,
+        reconnect_initial_s=0.2,
+        reconnect_max_s=1.0,
+    ) as src:
+        assert isinstance(src, LiveStreamSource) and src.num_frames == 3
+        frames = list(src)
+        assert src.closed
+    assert len(frames) == 3 and frames[0].timestamp < frames[1].timestamp < frames[2].timestamp
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["tcp://127.0.0.1:{port}", "http://127.0.0.1:{port}/live.ts", "rtsp://user:s3cret@127.0.0.1:{port}/cam"],
+)
+def test_unreachable_stream_keeps_retrying_without_raising(template):
+    url = template.format(port=_free_port())  # nothing listens there
+    src = _live(url, reconnect_initial_s=0.1, reconnect_max_s=30.0)
+    consumer, ended = None, threading.Event()
+    try:
+        assert src.read(timeout=0) is None  # the empty case: nothing yet, no wait
+        assert src.read(timeout=1.5) is None
+        health = src.health
+        assert not health.connected and health.frames == 0
+        # exponential backoff: attempts near 0, .1, .3, .7, 1.5 s, not every 0.1 s
+        assert 2 <= health.reconnects <= 6, health
+        assert len(health.outages) == 1 and health.outages[0][1] is None
+        assert health.last_error is not None and "cam-live" in health.last_error
+        assert "s3cret" not in health.last_error
+
+        # a consumer blocked in iteration is released by close() from another thread
+        consumer = threading.Thread(target=lambda: (list(src), ended.set()))
+        consumer.start()
+        time.sleep(0.3)
+        assert not ended.is_set()
+    finally:
+        src.close()
+    assert consumer is not None
+    consumer.join(3.0)
+    assert ended.is_set() and not src.health.connected
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        (VTEST, VideoFileSource),
+        (MOT_IMG1, ImageFolderSource),
+        ("rtsp://127.0.0.1:{port}/x", LiveStreamSource),
+        ("tcp://127.0.0.1:{port}", LiveStreamSource),
+    ],
+)
+def test_open_source_dispatch(source, kind):
+    source = source.format(port=_free_port()) if "://" in source else str(shared_path(source))
+    with open_source("cam-d", source, max_frames=1) as src:
+        assert type(src) is kind and src.camera_id == "cam-d"
