@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.backbones import build_backbone  # noqa: E402
 from models.checkpoint import resolve_device  # noqa: E402
 from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig  # noqa: E402
+from models.runtime import configure_torch  # noqa: E402
 
 
 def time_model(model, x: torch.Tensor, repeats: int) -> float:
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    configure_torch()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     results: dict[str, float | str | int] = {

@@ -43,9 +43,16 @@ def shared_dir() -> Path:
 
 
 class Backbone(nn.Module):
-    """Contract: ``forward(x: (B, 3, H, W)) -> (B, out_channels, h, w)``, with ``out_channels: int``."""
+    """Contract: ``forward(x: (B, 3, H, W)) -> (B, out_channels, h, w)``, with ``out_channels: int``.
+
+    ``image_embedding(x) -> (B, E)`` is the backbone's own per-image descriptor (global average pooling of
+    the grid unless the pretrained network has a head of its own), used by the average-pooling baseline.
+    """
 
     out_channels: int
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).mean(dim=(2, 3))
 
 
 class ResNetBackbone(Backbone):
@@ -79,6 +86,9 @@ class OSNetBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.osnet.features(x)
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.osnet.embed(x)  # conv5 -> pool -> fc 512 (what the checkpoint was trained to output)
 
 
 def _build_resnet(

@@ -180,11 +180,12 @@ def load_avgpool_baseline(
     backbone_weights: str | Path | None,
     *,
     num_frames: int = 6,
+    pool: str = "grid",
     device: str | torch.device = "cpu",
 ) -> AvgPoolReID:
     """The average-pooling baseline on a pretrained backbone (no checkpoint of ours involved)."""
     net = build_backbone(backbone, weights=backbone_weights, pretrained=True)
-    return AvgPoolReID(net, num_frames=num_frames).to(device).eval()
+    return AvgPoolReID(net, num_frames=num_frames, pool=pool).to(device).eval()
 
 
 def resolve_device(device: str | None) -> torch.device:

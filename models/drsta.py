@@ -252,23 +252,30 @@ class DRSTA(Embedder):
 
 
 class AvgPoolReID(Embedder):
-    """The baseline: the same backbone, spatial and temporal average pooling, L2-normalised; no training.
+    """The baseline: the same backbone, no attention, temporal average pooling, L2-normalised; no training.
 
-    Its embedding has the backbone's D dimensions. Attention outputs are uniform, so callers can treat it
-    like :class:`DRSTA`.
+    ``pool="grid"`` averages the feature grid DRSTA sees (D dimensions); ``pool="embedding"`` averages the
+    backbone's own per-image descriptor (``Backbone.image_embedding``: OSNet's 512-d head). Attention
+    outputs are uniform, so callers can treat it like :class:`DRSTA`.
     """
 
-    def __init__(self, backbone: nn.Module, num_frames: int = 6):
+    POOLS = ("grid", "embedding")
+
+    def __init__(self, backbone: nn.Module, num_frames: int = 6, pool: str = "grid"):
         super().__init__()
+        if pool not in self.POOLS:
+            raise ValueError(f"pool: expected one of {self.POOLS}, got {pool!r}")
         self.backbone = backbone
         self.num_frames = num_frames  # frames sampled per tracklet by callers (restricted random sampling)
+        self.pool = pool
 
     def forward(self, frames: torch.Tensor) -> ReIDOutput:
         b, n = frames.shape[:2]
-        grid = self.backbone(frames.flatten(0, 1))  # (B*N, D, h, w)
-        _, d, gh, gw = grid.shape
-        per_frame = grid.mean(dim=(2, 3)).view(b, n, d)  # (B*N, D) -> (B, N, D)
-        emb = F.normalize(per_frame.mean(dim=1), dim=1)
+        x = frames.flatten(0, 1)  # (B, N, 3, H, W) -> (B*N, 3, H, W)
+        grid = self.backbone(x)  # (B*N, D, h, w)
+        gh, gw = grid.shape[2:]
+        per_frame = grid.mean(dim=(2, 3)) if self.pool == "grid" else self.backbone.image_embedding(x)
+        emb = F.normalize(per_frame.view(b, n, -1).mean(dim=1), dim=1)  # (B*N, E) -> (B, N, E) -> (B, E)
         s = grid.new_full((b, n, 1, gh * gw), 1.0 / (gh * gw))
         t = grid.new_full((b, n, 1), 1.0 / n)
         return ReIDOutput(emb, s, t, (gh, gw))

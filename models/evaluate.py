@@ -22,6 +22,7 @@ import numpy as np
 from models.checkpoint import CheckpointError, load_avgpool_baseline, load_drsta, resolve_device
 from models.datasets import DATASETS, get_reader
 from models.metrics import ReIDMetrics, cosine_distance, evaluate_rank
+from models.runtime import configure_torch
 from models.train import embed_records
 
 
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", help="DRSTA checkpoint (default: the project's default checkpoint)")
     ap.add_argument(
-        "--baseline", choices=["avgpool"], help="evaluate a backbone with temporal average pooling"
+        "--baseline",
+        choices=["avgpool", "avgpool-embedding"],
+        help="instead of a checkpoint, a pretrained backbone with temporal average pooling of its feature grid "
+        "(avgpool: the features DRSTA sees) or of its own image embedding (avgpool-embedding: OSNet's 512-d head)",
     )
     ap.add_argument("--backbone", default="osnet_x0_25", help="backbone of the baseline")
     ap.add_argument("--backbone-weights", help="path or URL of the backbone weights")
@@ -85,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the metrics as JSON here")
     ap.add_argument("--plot", help="draw the CMC curve into this PNG")
     args = ap.parse_args(argv)
+    configure_torch()
     try:
         device = resolve_device(args.device)
         if args.baseline:
+            pool = "grid" if args.baseline == "avgpool" else "embedding"
             model = load_avgpool_baseline(
-                args.backbone, args.backbone_weights, num_frames=args.num_frames, device=device
+                args.backbone, args.backbone_weights, num_frames=args.num_frames, pool=pool, device=device
             )
-            label = f"avgpool {args.backbone}"
+            label = f"{args.baseline} {args.backbone}"
         else:
             model = load_drsta(args.checkpoint, backbone_weights=args.backbone_weights, device=device)
             label = f"DRSTA {Path(args.checkpoint).name if args.checkpoint else '(default checkpoint)'}"

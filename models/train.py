@@ -37,6 +37,7 @@ from models.datasets import PKSampler, TrackletDataset, TrackletRecord, get_read
 from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
 from models.losses import REGULARIZERS, build_id_loss, diversity_penalty
 from models.metrics import ReIDMetrics, evaluate_rank
+from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 
 PARTS = ("backbone", "spatial", "enhance", "temporal", "fc")
@@ -401,8 +402,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("loss", "reg", "val_rank1")})
             _write_logs(out, history)
             train_state = {
-                "stage": si if not is_last else si + 1,
-                "epoch": epoch + 1 if not is_last else 0,
+                "stage": si,
+                "epoch": epoch + 1,  # epochs done in this stage; resume goes on from here
                 "optimizer": opt.state_dict(),
                 "loss": id_loss.state_dict(),
                 "history": json.dumps(history),
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ap.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     args = ap.parse_args(argv)
+    configure_torch()
     try:
         cfg = load_train_config(args.config, args.set)
         final = train(cfg, resume=args.resume)

@@ -20,6 +20,7 @@ from models.backbones import preprocess_crops
 from models.checkpoint import CheckpointError, load_drsta, resolve_device
 from models.drsta import DRSTA
 from models.plots import plot_attention
+from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    configure_torch()
     try:
         model = load_drsta(
             args.checkpoint, backbone_weights=args.backbone_weights, device=resolve_device(args.device)

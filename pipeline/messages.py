@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Frame", "Detections", "Tracks", "Tracklet"]
+__all__ = ["Frame", "Detections", "Tracks", "Tracklet", "TrackletEmbedding"]
 
 
 def _column(name: str, value, dtype, n: int | None, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -174,3 +174,46 @@ class Tracklet:
 
     def __len__(self) -> int:
         return int(self.frame_indices.shape[0])
+
+
+@dataclass(frozen=True)
+class TrackletEmbedding:
+    """The re-ID worker's output for one :class:`Tracklet`.
+
+    ``embedding`` (E,) float32 has unit L2 norm. ``part_visibility`` (K,) float32 in [0, 1] summarises the
+    attention: for each of the K parts, how evenly the temporal attention spread over the sampled frames
+    (1 = the part was usable in every frame, 1/N = only one frame carried it). ``model`` names the
+    checkpoint that made the embedding, so embeddings of different models are never compared.
+    The natural key is ``(camera_id, track_id, chunk)``, as for the tracklet.
+    """
+
+    camera_id: str
+    track_id: int
+    chunk: int
+    first_frame: int
+    last_frame: int
+    start_time: float
+    end_time: float
+    num_frames: int
+    embedding: np.ndarray
+    part_visibility: np.ndarray
+    model: str
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)
+
+    def __post_init__(self) -> None:
+        emb = _column("TrackletEmbedding.embedding", self.embedding, np.float32, None)
+        if emb.shape[0] == 0 or not np.isfinite(emb).all():
+            raise ValueError(f"TrackletEmbedding.embedding: expected a finite non-empty vector, got {emb.shape}")
+        norm = float(np.linalg.norm(emb))
+        if abs(norm - 1.0) > 1e-3:
+            raise ValueError(f"TrackletEmbedding.embedding: expected unit L2 norm, got {norm:.4f}")
+        object.__setattr__(self, "embedding", emb)
+        vis = _column("TrackletEmbedding.part_visibility", self.part_visibility, np.float32, None)
+        object.__setattr__(self, "part_visibility", vis)
+        object.__setattr__(self, "boxes", _column("TrackletEmbedding.boxes", self.boxes, np.float32, None, (4,)))
+        if self.end_time < self.start_time:
+            raise ValueError(f"TrackletEmbedding {self.key}: end_time before start_time")
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.camera_id, int(self.track_id), int(self.chunk))

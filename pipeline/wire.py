@@ -1,0 +1,278 @@
+"""Versioned msgpack wire format for the messages that cross the queues (never pickle).
+
+Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding", "session": str, ...}``:
+
+- scalars are msgpack ints, floats and strings under the dataclass field's name;
+- a numeric column is ``{"shape": [d0, d1, ...], "data": <raw little-endian bytes>}`` whose dtype is fixed by
+  the field (see ``_TRACKLET_ARRAYS`` / ``_EMBEDDING_ARRAYS``), so the reader checks the byte count;
+- ``Tracklet.crops`` is ``{"shape": [T, H, W, 3], "jpeg": [<JPEG bytes>, ...]}``, one baseline JPEG per crop
+  (lossy: decoded pixels are close to, not equal to, the originals);
+- ``session`` is the producing camera worker's run key, carried beside the message.
+
+Readers ignore keys they do not know, so v1 can gain optional fields; anything that changes the meaning of
+an existing key bumps ``v``. Decoders raise :class:`WireError` with a short reason (it is written to the
+dead-letter stream) for anything malformed: bytes that are not msgpack, truncated or trailing data, an
+unknown version, the wrong message type, missing or mistyped fields, byte counts that do not match shapes,
+undecodable or mis-sized JPEGs, non-finite embeddings, and whatever the message dataclasses themselves reject.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cv2
+import msgpack
+import numpy as np
+
+from pipeline.messages import Tracklet, TrackletEmbedding
+
+__all__ = [
+    "WIRE_VERSION",
+    "WireError",
+    "encode_tracklet",
+    "decode_tracklet",
+    "encode_embedding",
+    "decode_embedding",
+]
+
+WIRE_VERSION = 1
+
+# Field name -> (little-endian dtype, trailing shape). The leading dimension is the column length.
+_TRACKLET_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "frame_indices": ("<i8", ()),
+    "timestamps": ("<f8", ()),
+    "boxes": ("<f4", (4,)),
+    "scores": ("<f4", ()),
+}
+_EMBEDDING_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "embedding": ("<f4", ()),
+    "part_visibility": ("<f4", ()),
+    "boxes": ("<f4", (4,)),
+}
+_SPAN_INTS = ("track_id", "chunk", "first_frame", "last_frame", "num_frames")
+_SPAN_FLOATS = ("start_time", "end_time")
+
+# A crop bigger than this is not a person crop; refusing it before decoding bounds the memory a bad JPEG costs.
+_MAX_CROP_SIDE = 4096
+
+
+class WireError(ValueError):
+    """A message could not be decoded; ``str(err)`` is a short reason fit for the dead-letter stream."""
+
+
+# ----------------------------------------------------------------------------------------------- encoding
+
+
+def _session(session: str) -> str:
+    if not isinstance(session, str) or not session:
+        raise ValueError(f"session: expected a non-empty str, got {session!r}")
+    return session
+
+
+def _pack_array(arr: np.ndarray, dtype: str) -> dict[str, Any]:
+    a = np.ascontiguousarray(arr, dtype=dtype)
+    return {"shape": [int(d) for d in a.shape], "data": a.tobytes()}
+
+
+def _span(m: Tracklet | TrackletEmbedding) -> dict[str, Any]:
+    if not isinstance(m.camera_id, str):
+        raise ValueError(f"camera_id: expected str, got {type(m.camera_id).__name__}")
+    out: dict[str, Any] = {"camera_id": m.camera_id}
+    out.update({k: int(getattr(m, k)) for k in _SPAN_INTS})
+    out.update({k: float(getattr(m, k)) for k in _SPAN_FLOATS})
+    return out
+
+
+def encode_tracklet(t: Tracklet, *, session: str, jpeg_quality: int = 90) -> bytes:
+    """Serialize ``t`` with its crops as JPEG of ``jpeg_quality`` (1..100); raise ``ValueError`` on bad arguments."""
+    if isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality: expected an int in 1..100, got {jpeg_quality!r}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    frames = []
+    for i, crop in enumerate(t.crops):
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop), params)
+        if not ok:
+            raise ValueError(f"Tracklet.crops[{i}]: JPEG encoding failed for shape {crop.shape}")
+        frames.append(buf.tobytes())
+    msg: dict[str, Any] = {"v": WIRE_VERSION, "type": "tracklet", "session": _session(session), **_span(t)}
+    for name, (dtype, _) in _TRACKLET_ARRAYS.items():
+        msg[name] = _pack_array(getattr(t, name), dtype)
+    msg["crops"] = {"shape": [int(d) for d in t.crops.shape], "jpeg": frames}
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def encode_embedding(e: TrackletEmbedding, *, session: str) -> bytes:
+    """Serialize ``e`` exactly (float32 columns as raw little-endian bytes)."""
+    if not isinstance(e.model, str):
+        raise ValueError(f"model: expected str, got {type(e.model).__name__}")
+    msg: dict[str, Any] = {"v": WIRE_VERSION, "type": "embedding", "session": _session(session), **_span(e)}
+    msg["model"] = e.model
+    for name, (dtype, _) in _EMBEDDING_ARRAYS.items():
+        msg[name] = _pack_array(getattr(e, name), dtype)
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _unpack(data: object, expected_type: str) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise WireError(f"expected bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise WireError("empty message")
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as err:
+        raise WireError(f"not a msgpack message ({type(err).__name__}: {str(err)[:80]})") from None
+    if not isinstance(msg, dict):
+        raise WireError(f"expected a msgpack map, got {type(msg).__name__}")
+    v = msg.get("v")
+    if type(v) is not int:
+        raise WireError(f"v: expected an int version, got {v!r:.40}")
+    if v != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {v} (this reader knows {WIRE_VERSION})")
+    kind = msg.get("type")
+    if kind != expected_type:
+        raise WireError(f"type: expected {expected_type!r}, got {kind!r:.40}")
+    return msg
+
+
+def _get(msg: dict[str, Any], name: str, kinds: type | tuple[type, ...], what: str) -> Any:
+    if name not in msg:
+        raise WireError(f"{name}: missing")
+    value = msg[name]
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise WireError(f"{name}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def _str(msg: dict[str, Any], name: str, *, nonempty: bool = False) -> str:
+    s = _get(msg, name, str, "str")
+    if nonempty and not s:
+        raise WireError(f"{name}: expected a non-empty str")
+    return s
+
+
+def _float(msg: dict[str, Any], name: str) -> float:
+    x = float(_get(msg, name, (int, float), "a number"))
+    if not math.isfinite(x):
+        raise WireError(f"{name}: not finite ({x})")
+    return x
+
+
+def _shape(name: str, value: object, ndim: int) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) != ndim
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in value)
+    ):
+        raise WireError(f"{name}.shape: expected {ndim} non-negative ints, got {value!r:.60}")
+    return tuple(value)
+
+
+def _array(msg: dict[str, Any], name: str, dtype: str, tail: tuple[int, ...]) -> np.ndarray:
+    packed = _get(msg, name, dict, "a map with shape and data")
+    shape = _shape(name, packed.get("shape"), 1 + len(tail))
+    if shape[1:] != tail:
+        raise WireError(f"{name}.shape: expected (N, {', '.join(map(str, tail))}), got {shape}")
+    data = packed.get("data")
+    if not isinstance(data, bytes):
+        raise WireError(f"{name}.data: expected bytes, got {type(data).__name__}")
+    itemsize = np.dtype(dtype).itemsize
+    if len(data) != math.prod(shape) * itemsize:
+        raise WireError(f"{name}.data: {len(data)} bytes do not hold shape {shape} of {dtype}")
+    # astype copies into a writable native-order array the message can own.
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(np.dtype(dtype).newbyteorder("="))
+
+
+def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's SOF header, or None when the markers before it are not well formed."""
+    i = 2  # past SOI
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers carry no length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(buf) or length < 7:
+                return None
+            return int.from_bytes(buf[i + 5 : i + 7], "big"), int.from_bytes(buf[i + 7 : i + 9], "big")
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def _crops(msg: dict[str, Any], t: int) -> np.ndarray:
+    packed = _get(msg, "crops", dict, "a map with shape and jpeg")
+    shape = _shape("crops", packed.get("shape"), 4)
+    n, h, w, c = shape
+    if n != t or c != 3:
+        raise WireError(f"crops.shape: expected ({t}, H, W, 3), got {shape}")
+    if max(h, w) > _MAX_CROP_SIDE:
+        raise WireError(f"crops.shape: {h}x{w} exceeds {_MAX_CROP_SIDE} pixels a side")
+    frames = packed.get("jpeg")
+    if not isinstance(frames, list) or len(frames) != n:
+        got = len(frames) if isinstance(frames, list) else type(frames).__name__
+        raise WireError(f"crops.jpeg: expected a list of {n} JPEGs, got {got}")
+    out = np.empty(shape, np.uint8)
+    for i, buf in enumerate(frames):
+        if not isinstance(buf, bytes):
+            raise WireError(f"crops.jpeg[{i}]: expected bytes, got {type(buf).__name__}")
+        # A truncated JPEG still decodes (grey bottom rows), so require both the SOI and EOI markers.
+        if buf[:3] != b"\xff\xd8\xff" or buf[-2:] != b"\xff\xd9":
+            raise WireError(f"crops.jpeg[{i}]: not a complete JPEG")
+        size = _jpeg_size(buf)
+        if size != (h, w):
+            raise WireError(f"crops.jpeg[{i}]: JPEG header says {size}, expected ({h}, {w})")
+        img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+        if img is None or img.shape != (h, w, 3):
+            got = None if img is None else img.shape
+            raise WireError(f"crops.jpeg[{i}]: undecodable JPEG (got {got}, expected ({h}, {w}, 3))")
+        out[i] = img
+    return out
+
+
+def _span_fields(msg: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"camera_id": _str(msg, "camera_id")}
+    out.update({k: _get(msg, k, int, "int") for k in _SPAN_INTS})
+    out.update({k: _float(msg, k) for k in _SPAN_FLOATS})
+    return out
+
+
+def decode_tracklet(data: bytes) -> tuple[Tracklet, str]:
+    """Inverse of :func:`encode_tracklet`: ``(tracklet, session)``; raise :class:`WireError` if malformed."""
+    msg = _unpack(data, "tracklet")
+    session = _str(msg, "session", nonempty=True)
+    fields = _span_fields(msg)
+    arrays = {k: _array(msg, k, dtype, tail) for k, (dtype, tail) in _TRACKLET_ARRAYS.items()}
+    crops = _crops(msg, arrays["frame_indices"].shape[0])
+    try:
+        return Tracklet(**fields, **arrays, crops=crops), session
+    except ValueError as err:
+        raise WireError(f"invalid tracklet: {str(err)[:160]}") from None
+
+
+def decode_embedding(data: bytes) -> tuple[TrackletEmbedding, str]:
+    """Inverse of :func:`encode_embedding`: ``(embedding, session)``; raise :class:`WireError` if malformed."""
+    msg = _unpack(data, "embedding")
+    session = _str(msg, "session", nonempty=True)
+    fields = _span_fields(msg)
+    model = _str(msg, "model", nonempty=True)
+    arrays = {k: _array(msg, k, dtype, tail) for k, (dtype, tail) in _EMBEDDING_ARRAYS.items()}
+    for name in ("embedding", "part_visibility"):
+        if not np.isfinite(arrays[name]).all():
+            raise WireError(f"{name}: contains NaN or infinite values")
+    try:
+        return TrackletEmbedding(**fields, **arrays, model=model), session
+    except ValueError as err:
+        raise WireError(f"invalid embedding: {str(err)[:160]}") from None

@@ -1,0 +1,218 @@
+"""SQLAlchemy models of the store: the documented, stable schema operators query directly.
+
+``docs/schema.md`` describes every table and column; ``storage/migrations`` creates them (the models are the
+Python view of what the migrations build, and a test checks the two agree). Times are timezone-aware UTC
+``datetime`` in Python, ``TIMESTAMPTZ`` on PostgreSQL and UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` on SQLite.
+Tracklet times are also kept as POSIX seconds (``start_posix``/``end_posix``, the pipeline's own float) so that
+time arithmetic is the same SQL on both databases.
+
+Identity ids are chosen by the matcher (deterministic), never by a database sequence.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "HEALTH_EVENTS",
+    "Base",
+    "UTCDateTime",
+    "CameraRow",
+    "HealthEventRow",
+    "TrackletRow",
+    "IdentityRow",
+    "SightingRow",
+    "EmbeddingRow",
+    "identity_timeline",
+]
+
+# The values of camera_health_events.event.
+HEALTH_EVENTS = ("disconnected", "reconnected", "error")
+
+# Deterministic constraint names, so a later migration can drop or alter them by name on every database.
+NAMING_CONVENTION = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC ``datetime`` on every backend.
+
+    Binding: an aware ``datetime`` is converted to UTC (SQLite stores it without offset, as UTC); a naive one
+    raises ``ValueError`` because its zone is unknown. Results are always aware, in UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# 64-bit ids on PostgreSQL; INTEGER on SQLite, where only that spelling makes the key the ROWID alias.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _created_at() -> Mapped[datetime]:
+    """``created_at``: when the row was stored, by the database clock."""
+    return mapped_column(server_default=sa.text("CURRENT_TIMESTAMP"))
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        str: sa.Text(),
+        float: sa.Double(),
+        bytes: sa.LargeBinary(),
+    }
+
+
+class CameraRow(Base):
+    """One camera: where it reads from and its latest health (one row per camera id, updated in place)."""
+
+    __tablename__ = "cameras"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    source: Mapped[str | None]  # file path / URL / webcam index, password redacted
+    start_time: Mapped[datetime | None]
+    connected: Mapped[bool | None]  # NULL until the camera worker first reports its health
+    reconnects: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    last_frame_time: Mapped[datetime | None]
+    frames: Mapped[int] = mapped_column(sa.BigInteger, server_default=sa.text("0"))
+    fps: Mapped[float | None]
+    last_error: Mapped[str | None]
+    updated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()
+
+
+class HealthEventRow(Base):
+    """Outage history: one row per disconnect, reconnect or error of a camera."""
+
+    __tablename__ = "camera_health_events"
+    __table_args__ = (
+        sa.UniqueConstraint("camera_id", "time", "event"),
+        sa.CheckConstraint("event IN ('disconnected', 'reconnected', 'error')", name="event"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(sa.ForeignKey("cameras.id", ondelete="CASCADE"))
+    time: Mapped[datetime]
+    event: Mapped[str]
+    detail: Mapped[str | None]
+
+
+class TrackletRow(Base):
+    """One closed tracklet. Natural key ``(camera_id, session_key, track_id, chunk)``: track ids restart when
+    a camera worker restarts, so ``session_key`` names the worker run."""
+
+    __tablename__ = "tracklets"
+    __table_args__ = (
+        sa.UniqueConstraint("camera_id", "session_key", "track_id", "chunk"),
+        sa.CheckConstraint("chunk >= 0", name="chunk"),
+        sa.CheckConstraint("last_frame >= first_frame", name="frames"),
+        sa.CheckConstraint("end_posix >= start_posix", name="span"),
+        sa.CheckConstraint("num_frames >= 0 AND num_crops >= 0", name="counts"),
+        sa.Index(None, "start_time"),
+        sa.Index(None, "camera_id", "start_posix"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(sa.ForeignKey("cameras.id"))
+    session_key: Mapped[str]
+    track_id: Mapped[int] = mapped_column(sa.BigInteger)
+    chunk: Mapped[int]
+    first_frame: Mapped[int] = mapped_column(sa.BigInteger)
+    last_frame: Mapped[int] = mapped_column(sa.BigInteger)
+    start_time: Mapped[datetime]
+    end_time: Mapped[datetime]
+    start_posix: Mapped[float]
+    end_posix: Mapped[float]
+    num_frames: Mapped[int]
+    num_crops: Mapped[int]
+    mean_box_w: Mapped[float | None]
+    mean_box_h: Mapped[float | None]
+    first_box: Mapped[list[float] | None] = mapped_column(sa.JSON)
+    last_box: Mapped[list[float] | None] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class IdentityRow(Base):
+    """A global identity; ``id`` is allocated by the matcher. The statistics summarise its sightings."""
+
+    __tablename__ = "identities"
+    __table_args__ = (sa.CheckConstraint("id >= 0", name="id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime]
+    first_seen: Mapped[datetime | None]
+    last_seen: Mapped[datetime | None]
+    num_tracklets: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    num_cameras: Mapped[int] = mapped_column(server_default=sa.text("0"))
+
+
+class SightingRow(Base):
+    """The matcher's decision for one tracklet: which identity, how similar (NULL = a new identity)."""
+
+    __tablename__ = "sightings"
+    __table_args__ = (sa.Index(None, "identity_id", "tracklet_id"),)
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("tracklets.id", ondelete="CASCADE"), primary_key=True
+    )
+    identity_id: Mapped[int] = mapped_column(sa.ForeignKey("identities.id"))
+    similarity: Mapped[float | None]
+    decided_at: Mapped[datetime]
+
+
+class EmbeddingRow(Base):
+    """A tracklet's re-ID embedding from one model: little-endian float32 bytes, ``dim`` values."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        sa.CheckConstraint("dim > 0 AND length(vector) = 4 * dim", name="vector"),
+        sa.Index(None, "model"),
+    )
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("tracklets.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(primary_key=True)
+    dim: Mapped[int]
+    vector: Mapped[bytes]
+    part_visibility: Mapped[bytes]
+    created_at: Mapped[datetime] = _created_at()
+
+
+# The VIEW created by the migration, as a typed selectable (not part of Base.metadata: it is no table).
+identity_timeline = sa.table(
+    "identity_timeline",
+    sa.column("identity_id", sa.Integer()),
+    sa.column("camera_id", sa.Text()),
+    sa.column("start_time", UTCDateTime()),
+    sa.column("end_time", UTCDateTime()),
+    sa.column("tracklet_id", sa.BigInteger()),
+    sa.column("start_posix", sa.Double()),
+    sa.column("end_posix", sa.Double()),
+    sa.column("similarity", sa.Double()),
+)
