@@ -578,7 +578,10 @@ class Matcher:
         g = self.gallery
         self._check(batch)
         g._bind_model(batch[0].model)
-        ids, sims = g.similarities(np.stack([t.embedding for t in batch]))  # (B, N), state before the batch
+        emb = np.stack([t.embedding for t in batch]).astype(np.float64)  # (B, E)
+        # the message allows a norm within 1e-3 of 1; prototypes and cosines want it exact
+        emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        ids, sims = g.similarities(emb)  # (B, N), the gallery as it stood before the batch
 
         groups: dict[tuple[str, int], list[int]] = {}
         for i, t in enumerate(batch):
@@ -604,13 +607,13 @@ class Matcher:
                 tokens[key] = entry.token if key in continued and entry is not None else g._new_token()
             slot = chosen.get(key)
             if slot is not None:
-                g._add(slot, t.embedding, span, tokens[key])
+                g._add(slot, emb[i], span, tokens[key])
                 out.append(Assignment(t.key, int(ids[slot]), float(sims[i, slot]), False))
             elif key in made:
-                g._add(made[key], t.embedding, span, tokens[key])
+                g._add(made[key], emb[i], span, tokens[key])
                 out.append(Assignment(t.key, int(g._ids.data[made[key]]), None, True))
             else:
-                identity_id = g._create(t.embedding, span, tokens[key])
+                identity_id = g._create(emb[i], span, tokens[key])
                 made[key] = g._slot_of[identity_id]
                 out.append(Assignment(t.key, identity_id, None, True))
         for key, members in groups.items():
@@ -667,9 +670,10 @@ class Matcher:
         thr = np.float32(self.threshold)
         # Integer costs: a match is worth (q + 1) * mult - rank, q = margin on a 2**-bits grid and rank the
         # identity's position among the candidates, so ties in q go to lower ids; a new identity is worth 0.
-        # At most n_groups**2 candidate columns, ranks sum below mult; the bits keep everything exact in float64.
+        # At most n_groups**2 candidate columns, so ranks sum below mult; the bits keep every total of n_groups
+        # worths below 2**53, exact in float64 (the grid only coarsens beyond about 200 groups).
         mult = n_groups**3 + 1
-        bits = min(_MARGIN_BITS, 50 - mult.bit_length())
+        bits = min(_MARGIN_BITS, 51 - n_groups.bit_length() - mult.bit_length())
         feasible: list[list[tuple[int, int]]] = []
         for key in open_groups:
             members = groups[key]

@@ -452,3 +452,57 @@ def test_bad_batches_are_rejected(batch, message):
 def test_threshold_must_be_a_cosine(threshold):
     with pytest.raises(ValueError, match="threshold"):
         Matcher(Gallery(), Topology(), threshold=threshold)
+
+
+def test_the_worked_example_of_docs_matcher_md():
+    """docs/matcher.md section 9, number for number. Each tracklet gets its own direction u; an identity
+    holds, per tracklet, a prototype at the wanted cosine to u (and orthogonal to everything else)."""
+    dim = 40
+
+    def e(i: int) -> np.ndarray:
+        v = np.zeros(dim, np.float32)
+        v[i] = 1.0
+        return v
+
+    u = {name: e(i) for i, name in enumerate(["t0", "t1", "t3", "t4"])}
+    wanted = {"t0": (0.90, 0.80), "t1": (0.85, 0.10), "t3": (0.70, 0.0), "t4": (0.50, 0.78)}
+    where = {1: ("gate", 0, 20), 2: ("hall", -60, 30)}
+    rows, free = [], 10
+    for ident, (cam, a, b) in where.items():
+        for name, sims in wanted.items():
+            if sims[ident - 1] > 0:
+                s = sims[ident - 1]
+                rows.append((ident, cam, T0 + a, T0 + b, s * u[name] + math.sqrt(1 - s * s) * e(free)))
+                free += 1
+    m = Matcher(
+        Gallery.restore(rows), Topology({("gate", "hall"): (10, 120)}, [("hall", "hall2")]), threshold=0.6
+    )
+    assert m.topology.default == "closed"
+    [a3] = m.assign([tracklet("gate", 3, e(30), 40, 58)])
+    assert a3.identity_id == 3
+    t2 = (0.31 * e(30) + math.sqrt(1 - 0.31**2) * e(31)).astype(np.float32)
+    out = m.assign(
+        [
+            tracklet("hall", 4, u["t0"], 50, 70),
+            tracklet("hall", 9, u["t1"], 52, 68),
+            tracklet("gate", 3, t2, 58, 70, chunk=1),
+            tracklet("hall2", 12, u["t3"], 60, 66),
+            tracklet("hall", 4, u["t4"], 70, 80, chunk=1),
+        ]
+    )
+    assert [(a.key, a.identity_id, a.is_new) for a in out] == [
+        (("hall", 4, 0), 2, False),
+        (("hall", 9, 0), 1, False),
+        (("gate", 3, 1), 3, False),
+        (("hall2", 12, 0), 4, True),
+        (("hall", 4, 1), 2, False),
+    ]
+    assert [a.similarity for a in out] == [
+        pytest.approx(0.80, abs=1e-6),
+        pytest.approx(0.85, abs=1e-6),
+        pytest.approx(0.31, abs=1e-6),
+        None,
+        pytest.approx(0.78, abs=1e-6),
+    ]
+    assert Span("hall", T0 + 50, T0 + 80) in m.gallery.sightings(2)
+    assert m.gallery.sightings(3) == [Span("gate", T0 + 40, T0 + 70)]

@@ -1,0 +1,175 @@
+"""Building the stages from a validated config. ``run_pipeline.py`` (the composition root) calls these.
+
+Every component takes plain keyword arguments; only this module reads the config sections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.camera import Camera, CameraGroup, CameraStats, TrackletFileSink
+from pipeline.config import PipelineConfig
+from pipeline.detector import PersonDetector
+from pipeline.messages import Tracklet
+from pipeline.sources import open_source
+from pipeline.tracklets import TrackletBuilder
+from trackers import build_tracker
+
+
+def build_detector(cfg: PipelineConfig, *, device: str | None = None) -> PersonDetector:
+    d = cfg.detector
+    return PersonDetector(
+        d.weights,
+        imgsz=d.imgsz,
+        conf=d.conf,
+        iou=d.iou,
+        device=device or d.device,
+        classes=d.classes,
+        batch=d.batch,
+    )
+
+
+def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> list[Camera]:
+    """Open every enabled camera (or the ``only`` ones): source, its own tracker, its own tracklet builder.
+
+    A camera that cannot be opened raises the source's one-line error naming it; cameras opened before it
+    are closed again.
+    """
+    cams: list[Camera] = []
+    opened = []
+    selected = [c for c in cfg.enabled_cameras if only is None or c.id in only]
+    if only is not None:
+        unknown = sorted(set(only) - {c.id for c in cfg.enabled_cameras})
+        if unknown:
+            raise ValueError(f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in cfg.enabled_cameras]}")
+    tl = cfg.tracklets
+    try:
+        for c in selected:
+            source = open_source(
+                c.id,
+                c.source,
+                start_time=c.start_time,
+                fps=c.fps,
+                realtime=cfg.replay.realtime,
+                max_frames=cfg.replay.max_frames,
+                read_timeout_s=cfg.live.read_timeout_s,
+                reconnect_initial_s=cfg.live.reconnect_initial_s,
+                reconnect_max_s=cfg.live.reconnect_max_s,
+            )
+            opened.append(source)
+            try:
+                tracker = build_tracker(
+                    cfg.tracker.name, params=cfg.tracker.params, frame_rate=int(round(source.fps or 25))
+                )
+            except KeyError as exc:
+                raise ValueError(f"tracker.name: {exc.args[0]}") from None
+            except ValueError as exc:
+                raise ValueError(f"tracker.params: {exc}") from None
+            builder = TrackletBuilder(
+                c.id,
+                min_length=tl.min_length,
+                max_length=tl.max_length,
+                max_gap=tl.max_gap,
+                min_box_height=tl.min_box_height,
+                min_box_width=tl.min_box_width,
+                min_conf=tl.min_conf,
+                border_margin=tl.border_margin,
+                max_crops=tl.max_crops,
+                crop_size=(tl.crop_height, tl.crop_width),
+                roi=c.roi,
+            )
+            cams.append(Camera(c.id, source, tracker, builder))
+    except BaseException:
+        for src in opened:
+            src.close()
+        raise
+    return cams
+
+
+class ProgressBars:
+    """One tqdm bar per camera (on stderr), moved by ``CameraGroup``'s ``on_frame_done``."""
+
+    def __init__(self, cameras: Sequence[Camera], *, disable: bool | None = None):
+        self.bars = {
+            c.camera_id: tqdm(
+                total=c.source.num_frames,
+                desc=c.camera_id,
+                unit="fr",
+                position=i,
+                leave=True,
+                dynamic_ncols=True,
+                disable=disable,
+                file=sys.stderr,
+            )
+            for i, c in enumerate(cameras)
+        }
+
+    def __call__(self, camera_id: str) -> None:
+        self.bars[camera_id].update(1)
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+
+
+def run_camera_stage(
+    cfg: PipelineConfig,
+    *,
+    out_dir: str | Path,
+    detector: PersonDetector,
+    save_video: bool = False,
+    only: Sequence[str] | None = None,
+    on_tracklet: Callable[[Tracklet], None] | None = None,
+    progress: bool | None = None,
+    stop_holder: list | None = None,
+) -> dict[str, CameraStats]:
+    """Replay or watch the cameras into ``out_dir``: MOT files, tracklet JSONL, optionally annotated video.
+
+    ``stop_holder`` receives the running ``CameraGroup`` so a signal handler can call ``stop()``.
+    """
+    cameras = build_cameras(cfg, only=only)
+    out = Path(out_dir)
+    sink = TrackletFileSink(out, [c.camera_id for c in cameras])
+    video = None
+    if save_video:
+        from pipeline.drawing import AnnotatedVideoWriter
+
+        video = AnnotatedVideoWriter(out, {c.camera_id: c.source.fps or 10.0 for c in cameras})
+
+    def on_tracks(frame, dets, tracks):
+        sink.tracks(frame, dets, tracks)
+        if video is not None:
+            video.write(frame, tracks)
+
+    def emit(t: Tracklet) -> None:
+        sink.tracklet(t)
+        if on_tracklet is not None:
+            on_tracklet(t)
+
+    bars = ProgressBars(cameras, disable=None if progress is None else not progress)
+    group = CameraGroup(
+        cameras,
+        detector.detect,
+        batch=cfg.detector.batch,
+        on_tracks=on_tracks,
+        on_tracklet=emit,
+        on_frame_done=bars,
+    )
+    if stop_holder is not None:
+        stop_holder.append(group)
+    complete = False
+    try:
+        stats = group.run()
+        complete = True
+    finally:
+        bars.close()
+        sink.close(complete=complete)
+        if video is not None:
+            with contextlib.suppress(Exception):
+                video.close()
+    return stats
