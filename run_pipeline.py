@@ -25,12 +25,20 @@ EXIT_BAD_INPUT = 2
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--cameras", required=True, metavar="FILE", help="cams.yaml (see configs/cams.example.yaml)")
+    ap.add_argument(
+        "--cameras", required=True, metavar="FILE", help="cams.yaml (see configs/cams.example.yaml)"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     ap.add_argument("--device", help="auto, cpu, cuda, cuda:N (detector and re-ID)")
     ap.add_argument("--realtime", action="store_true", help="pace file replay to real time")
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop each camera after N frames")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--db", metavar="URL", help="SQLAlchemy URL of the store (default: db.url, a SQLite file)"
+    )
+    ap.add_argument(
+        "--redis", metavar="URL", help="Redis URL (default: queue.redis_url, else in-process queues)"
+    )
 
 
 def main_parser() -> argparse.ArgumentParser:
@@ -40,6 +48,34 @@ def main_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", metavar="DIR", help="output folder (MOT files, tracklets, videos, summary)")
     ap.add_argument("--save-video", action="store_true", help="write an annotated video per camera to --out")
     ap.add_argument("--only", help="comma-separated camera ids to run (default: all enabled)")
+    return ap
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="run_pipeline.py worker",
+        description="Run one role against a shared Redis and database (one machine per role, or several).",
+    )
+    ap.add_argument("role", choices=["camera", "reid", "matcher"])
+    _common(ap)
+    ap.add_argument("--only", help="camera role: comma-separated camera ids (default: all enabled)")
+    ap.add_argument("--name", help="consumer name in the group (default: role-hostname-pid)")
+    ap.add_argument("--session", help="camera role: run key stored with its tracklets (default: start time)")
+    return ap
+
+
+def query_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="run_pipeline.py query", description="Ask the store.")
+    sub = ap.add_subparsers(dest="what", required=True)
+    ids = sub.add_parser("identities", help="identities with their cameras and times")
+    ids.add_argument("--db", required=True, metavar="URL")
+    ids.add_argument("--min-cameras", type=int, default=1)
+    tl = sub.add_parser("timeline", help="where one identity was, camera by camera")
+    tl.add_argument("--db", required=True, metavar="URL")
+    tl.add_argument("--identity", type=int, required=True, metavar="ID")
+    tl.add_argument("--since", metavar="TIME", help="ISO 8601 (UTC if no offset)")
+    tl.add_argument("--until", metavar="TIME", help="ISO 8601 (UTC if no offset)")
+    tl.add_argument("--plot", metavar="FILE.png", help="draw the timeline (cameras x time)")
     return ap
 
 
@@ -76,7 +112,12 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
     )
     summary = {
         "cameras": {
-            cid: {"frames": s.frames, "tracklets": s.tracklets, "fps": round(s.fps, 2), "error": s.first_error}
+            cid: {
+                "frames": s.frames,
+                "tracklets": s.tracklets,
+                "fps": round(s.fps, 2),
+                "error": s.first_error,
+            }
             for cid, s in stats.items()
         },
         "out": str(Path(args.out).resolve()),
@@ -89,7 +130,10 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
 def _print_camera_table(stats) -> None:
     print(f"{'camera':<16}{'frames':>8}{'tracklets':>11}{'fps':>8}")
     for cid, s in stats.items():
-        print(f"{cid:<16}{s.frames:>8}{s.tracklets:>11}{s.fps:>8.1f}" + (f"  ! {s.first_error}" if s.first_error else ""))
+        print(
+            f"{cid:<16}{s.frames:>8}{s.tracklets:>11}{s.fps:>8.1f}"
+            + (f"  ! {s.first_error}" if s.first_error else "")
+        )
 
 
 def _stop_on_signals(holder: list) -> None:
@@ -109,16 +153,36 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from pipeline.config import ConfigError
     from pipeline.detector import DetectorError
+    from pipeline.queues import QueueError
     from pipeline.sources import SourceError
+    from storage.db import StoreError
 
     try:
+        if argv and argv[0] == "query":
+            from pipeline.query import run_query
+
+            return run_query(query_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "worker":
+            from pipeline.app import run_role
+
+            args = worker_parser().parse_args(argv[1:])
+            return run_role(args, load(args))
         args = main_parser().parse_args(argv)
         if args.until == "tracklets":
             return run_tracklets_only(args)
         from pipeline.app import run_full
 
         return run_full(args, load(args))
-    except (ConfigError, DetectorError, SourceError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (
+        ConfigError,
+        DetectorError,
+        SourceError,
+        StoreError,
+        QueueError,
+        FileNotFoundError,
+        ValueError,
+        KeyError,
+    ) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT

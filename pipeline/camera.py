@@ -220,7 +220,7 @@ class TrackletFileSink:
         fh.flush()
 
     def close(self, *, complete: bool = True) -> None:
-        for cid, fh in [*self._mot.items(), *self._jsonl.items()]:
+        for fh in [*self._mot.values(), *self._jsonl.values()]:
             fh.close()
         if complete:
             for cid in self._mot:

@@ -49,7 +49,9 @@ class AnnotatedVideoWriter:
         if w is None:
             path = self.out / f"{frame.camera_id}.mp4"
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            w = cv2.VideoWriter(str(path), fourcc, self.fps.get(frame.camera_id) or 10.0, (frame.width, frame.height))
+            w = cv2.VideoWriter(
+                str(path), fourcc, self.fps.get(frame.camera_id) or 10.0, (frame.width, frame.height)
+            )
             if not w.isOpened():
                 raise OSError(f"camera {frame.camera_id!r}: cannot write video {path}")
             self._writers[frame.camera_id] = w

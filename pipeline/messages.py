@@ -181,8 +181,8 @@ class TrackletEmbedding:
     """The re-ID worker's output for one :class:`Tracklet`.
 
     ``embedding`` (E,) float32 has unit L2 norm. ``part_visibility`` (K,) float32 in [0, 1] summarises the
-    attention: for each of the K parts, how evenly the temporal attention spread over the sampled frames
-    (1 = the part was usable in every frame, 1/N = only one frame carried it). ``model`` names the
+    attention: for each of the K parts, the share of the N sampled frames whose temporal weight for that
+    part was at least half the uniform weight (1 = usable in every frame). ``model`` names the
     checkpoint that made the embedding, so embeddings of different models are never compared.
     The natural key is ``(camera_id, track_id, chunk)``, as for the tracklet.
     """

@@ -46,7 +46,9 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
     if only is not None:
         unknown = sorted(set(only) - {c.id for c in cfg.enabled_cameras})
         if unknown:
-            raise ValueError(f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in cfg.enabled_cameras]}")
+            raise ValueError(
+                f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in cfg.enabled_cameras]}"
+            )
     tl = cfg.tracklets
     try:
         for c in selected:

@@ -1,0 +1,481 @@
+"""The whole pipeline as processes: camera worker(s), re-ID worker(s) and the matcher, joined by queues.
+
+``run_full`` is what ``python run_pipeline.py --cameras cams.yaml`` runs: it opens (and migrates) the store,
+starts the embedded broker unless a Redis URL is given, starts every role as a separate process (``spawn``),
+waits for the cameras to finish (replay) or for Ctrl-C, then drains: re-ID workers stop once the tracklet
+stream is empty, the matcher once the embedding stream is empty, so every closed tracklet ends in SQL.
+The ``*_process`` functions are also what the ``run_pipeline.py worker ROLE`` commands run, one per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, redact_url
+
+log = logging.getLogger(__name__)
+
+HEALTH_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Everything a child process needs to reach the others (picklable; secrets only inside the URLs)."""
+
+    db_url: str
+    redis_url: str | None
+    broker: Any  # BrokerEndpoint of the embedded broker, or None with Redis
+    tracklet_stream: str
+    embedding_stream: str
+    session_key: str
+    device: str | None = None
+
+    def queue(self, cfg: PipelineConfig):
+        from pipeline.queues import open_queue
+
+        return open_queue(self.redis_url, broker=self.broker, maxlen=cfg.queue.maxlen)
+
+    def __repr__(self) -> str:
+        return f"Wiring(db={redact_url(self.db_url)!r}, redis={redact_url(self.redis_url or '') or None!r})"
+
+
+def streams(cfg: PipelineConfig) -> tuple[str, str]:
+    return f"{cfg.queue.stream_prefix}:tracklets", f"{cfg.queue.stream_prefix}:embeddings"
+
+
+def model_name(checkpoint: Path) -> str:
+    """Embeddings are compared only when they come from the same model: name + content hash."""
+    h = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
+    return f"{checkpoint.stem}@{h}"
+
+
+def build_topology(cfg: PipelineConfig):
+    from pipeline.matcher import Topology
+
+    links = {tuple(link.cameras): (link.min_transit_s, link.max_transit_s) for link in cfg.topology.links}
+    return Topology(links, [tuple(p) for p in cfg.topology.overlaps])
+
+
+# ----------------------------------------------------------------------------------------------- roles
+
+
+def camera_process(
+    cfg: PipelineConfig,
+    wiring: Wiring,
+    *,
+    stop: Any = None,
+    only: list[str] | None = None,
+    out_dir: str | None = None,
+    save_video: bool = False,
+    stats_out: Any = None,
+    progress: bool | None = None,
+    _in_child: bool = True,
+) -> None:
+    """Run the cameras, publish every closed tracklet, keep the cameras' health in SQL."""
+    _child_setup(_in_child)
+    from models.runtime import configure_torch
+    from pipeline.camera import CameraGroup, TrackletFileSink
+    from pipeline.runtime import ProgressBars, build_cameras, build_detector
+    from pipeline.wire import encode_tracklet
+    from storage import repository as repo
+    from storage.db import open_store
+
+    configure_torch()
+    store = open_store(wiring.db_url)
+    queue = wiring.queue(cfg)
+    detector = build_detector(cfg, device=wiring.device)
+    cameras = build_cameras(cfg, only=only)
+    with store.session() as s:
+        for c in cameras:
+            conf = cfg.camera(c.camera_id)
+            start = datetime.fromtimestamp(c.source.start_time, UTC) if c.source.start_time else None
+            repo.upsert_camera(s, c.camera_id, redact_url(str(conf.source)), start)
+        s.commit()
+
+    sink = TrackletFileSink(out_dir, [c.camera_id for c in cameras]) if out_dir else None
+    video = None
+    if save_video and out_dir:
+        from pipeline.drawing import AnnotatedVideoWriter
+
+        video = AnnotatedVideoWriter(out_dir, {c.camera_id: c.source.fps or 10.0 for c in cameras})
+
+    def on_tracks(frame, dets, tracks):
+        if sink is not None:
+            sink.tracks(frame, dets, tracks)
+        if video is not None:
+            video.write(frame, tracks)
+
+    def on_tracklet(t):
+        queue.publish(wiring.tracklet_stream, encode_tracklet(t, session=wiring.session_key))
+        if sink is not None:
+            sink.tracklet(t)
+
+    bars = ProgressBars(cameras, disable=None if progress is None else not progress)
+    group = CameraGroup(
+        cameras,
+        detector.detect,
+        batch=cfg.detector.batch,
+        on_tracks=on_tracks,
+        on_tracklet=on_tracklet,
+        on_frame_done=bars,
+    )
+    health = HealthReporter(store, group)
+    health.start()
+    watcher = None
+    if stop is not None:
+        watcher = threading.Thread(target=lambda: (stop.wait(), group.stop()), daemon=True)
+        watcher.start()
+    complete = False
+    try:
+        stats = group.run()
+        complete = True
+    finally:
+        bars.close()
+        health.stop()
+        if sink is not None:
+            sink.close(complete=complete)
+        if video is not None:
+            video.close()
+    if stats_out is not None:
+        stats_out.put({cid: (s.frames, s.tracklets, s.fps, s.first_error) for cid, s in stats.items()})
+    queue.close()
+    store.dispose()
+
+
+class HealthReporter(threading.Thread):
+    """Every few seconds, copy each source's health into ``cameras``; log connects/disconnects as events."""
+
+    def __init__(self, store, group, every_s: float = HEALTH_EVERY_S):
+        super().__init__(name="health", daemon=True)
+        self.store, self.group, self.every_s = store, group, every_s
+        self._stop = threading.Event()
+        self._connected: dict[str, bool] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+        self.report()  # final state
+
+    def run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.report()
+            except Exception as exc:  # the store being down must not stop the cameras
+                log.warning("camera health not stored: %s", exc)
+
+    def report(self) -> None:
+        from storage import repository as repo
+
+        now = datetime.now(UTC)
+        with self.store.session() as s:
+            for cid, h in self.group.health().items():
+                last = datetime.fromtimestamp(h.last_frame_time, UTC) if h.last_frame_time else None
+                repo.update_camera_health(
+                    s,
+                    cid,
+                    connected=h.connected,
+                    reconnects=h.reconnects,
+                    last_frame_time=last,
+                    frames=h.frames,
+                    fps=h.fps,
+                    last_error=h.last_error,
+                    now=now,
+                )
+                before = self._connected.get(cid)
+                if before is not None and before != h.connected:
+                    event = "reconnected" if h.connected else "disconnected"
+                    repo.add_health_event(s, cid, event=event, time=now, detail=h.last_error)
+                self._connected[cid] = h.connected
+            s.commit()
+
+
+def reid_process(
+    cfg: PipelineConfig,
+    wiring: Wiring,
+    *,
+    consumer: str = "reid-1",
+    stop: Any = None,
+    drain: Any = None,
+    _in_child: bool = True,
+) -> None:
+    _child_setup(_in_child)
+    import torch
+
+    from models.checkpoint import DEFAULT_CHECKPOINT, load_drsta, resolve_device
+    from models.runtime import configure_torch
+    from pipeline.reid_worker import TrackletEncoder, run_reid_worker
+
+    configure_torch()
+    device = resolve_device(wiring.device or cfg.reid.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # share the machine with the cameras
+    ckpt = Path(cfg.reid.checkpoint) if cfg.reid.checkpoint else DEFAULT_CHECKPOINT
+    model = load_drsta(ckpt, backbone_weights=cfg.reid.backbone_weights, device=device)
+    encoder = TrackletEncoder(model, model_name=model_name(ckpt), device=device)
+    queue = wiring.queue(cfg)
+    run_reid_worker(
+        queue,
+        encoder,
+        stream_in=wiring.tracklet_stream,
+        stream_out=wiring.embedding_stream,
+        consumer=consumer,
+        batch_size=cfg.reid.batch_size,
+        max_wait_ms=cfg.reid.max_wait_ms,
+        stop=stop,
+        drain=drain,
+    )
+    queue.close()
+
+
+def matcher_process(
+    cfg: PipelineConfig,
+    wiring: Wiring,
+    *,
+    consumer: str = "matcher-1",
+    stop: Any = None,
+    drain: Any = None,
+    _in_child: bool = True,
+) -> None:
+    _child_setup(_in_child)
+    from models.checkpoint import DEFAULT_CHECKPOINT
+    from pipeline.matcher_worker import restore_matcher, run_matcher_worker
+    from storage.db import open_store
+
+    store = open_store(wiring.db_url)
+    queue = wiring.queue(cfg)
+    ckpt = Path(cfg.reid.checkpoint) if cfg.reid.checkpoint else DEFAULT_CHECKPOINT
+    name = model_name(ckpt)
+    topology = build_topology(cfg)
+
+    def make():
+        return restore_matcher(
+            store,
+            topology=topology,
+            threshold=cfg.matcher.threshold,
+            model=name,
+            max_prototypes=cfg.matcher.max_prototypes,
+        )
+
+    run_matcher_worker(
+        queue, store, make, stream=wiring.embedding_stream, consumer=consumer, stop=stop, drain=drain
+    )
+    queue.close()
+    store.dispose()
+
+
+def _child_setup(in_child: bool) -> None:
+    if in_child:  # Ctrl-C goes to the whole process group; children stop when the parent tells them, in order
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+
+
+# ----------------------------------------------------------------------------------------------- parent
+
+
+def run_full(args, cfg: PipelineConfig) -> int:
+    """Run every role as a process on this machine; print the summary. Returns the exit code."""
+    from pipeline.queues import start_local_broker
+    from storage.db import open_store
+
+    db_url = args.db or cfg.db.url
+    redis_url = args.redis or cfg.queue.redis_url
+    store = open_store(db_url)  # migrates once here, and fails fast on a bad URL
+    broker = None if redis_url else start_local_broker()
+    tracklets, embeddings = streams(cfg)
+    session_key = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    wiring = Wiring(
+        db_url,
+        redis_url,
+        broker.endpoint if broker else None,
+        tracklets,
+        embeddings,
+        session_key,
+        args.device,
+    )
+    queue = wiring.queue(cfg)
+    queue.ensure_group(tracklets, "reid")
+    queue.ensure_group(embeddings, "matcher")
+
+    ctx = mp.get_context("spawn")
+    stop_cameras, reid_drain, matcher_drain, stop_all = (ctx.Event() for _ in range(4))
+    stats_q = ctx.Queue()
+    out = getattr(args, "out", None)
+    only = args.only.split(",") if getattr(args, "only", None) else None
+    progress = False if getattr(args, "quiet", False) else None
+    procs = {
+        "matcher": ctx.Process(
+            target=matcher_process,
+            args=(cfg, wiring),
+            kwargs={"stop": stop_all, "drain": matcher_drain},
+            name="matcher",
+        ),
+        "reid": ctx.Process(
+            target=reid_process,
+            args=(cfg, wiring),
+            kwargs={"stop": stop_all, "drain": reid_drain},
+            name="reid",
+        ),
+        "cameras": ctx.Process(
+            target=camera_process,
+            args=(cfg, wiring),
+            kwargs={
+                "stop": stop_cameras,
+                "only": only,
+                "out_dir": out,
+                "save_video": getattr(args, "save_video", False),
+                "stats_out": stats_q,
+                "progress": progress,
+            },
+            name="cameras",
+        ),
+    }
+    interrupted = {"n": 0}
+
+    def on_signal(signum, _frame):
+        interrupted["n"] += 1
+        if interrupted["n"] == 1:
+            print(
+                "\nstopping: cameras flush their open tracklets, then the queues drain (Ctrl-C again to abort)"
+            )
+            stop_cameras.set()
+        else:
+            stop_all.set()
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.perf_counter()
+    camera_stats: dict = {}
+    try:
+        for p in procs.values():
+            p.start()
+        camera_stats = _wait_camera(procs["cameras"], stats_q)
+        reid_drain.set()
+        procs["reid"].join()
+        matcher_drain.set()
+        procs["matcher"].join()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        for p in procs.values():
+            if p.is_alive():
+                stop_all.set()
+                p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        queue.close()
+        if broker is not None:
+            broker.shutdown()
+    failed = [n for n, p in procs.items() if p.exitcode not in (0, None)]
+    summary = pipeline_summary(store, camera_stats, wall_s=time.perf_counter() - t0)
+    store.dispose()
+    print_summary(summary)
+    if out:
+        import json
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Path(out, "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if failed:
+        print(f"error: worker process(es) failed: {', '.join(failed)} (see the log above)")
+        return 1
+    return 0
+
+
+def _wait_camera(proc, stats_q) -> dict:
+    stats: dict = {}
+    while proc.is_alive() or not stats_q.empty():
+        try:
+            stats = stats_q.get(timeout=0.5)
+        except Exception:
+            continue
+    proc.join()
+    return stats
+
+
+def pipeline_summary(store, camera_stats: dict, *, wall_s: float) -> dict:
+    from storage import repository as repo
+
+    with store.session(readonly=True) as s:
+        identities = repo.list_identities(s)
+        multi = [i for i in identities if len(i.cameras) >= 2]
+        counts = repo.counts(s)
+    return {
+        "cameras": {
+            cid: {"frames": f, "tracklets": n, "fps": round(fps, 2), "error": err}
+            for cid, (f, n, fps, err) in camera_stats.items()
+        },
+        "tracklets_in_sql": counts["tracklets"],
+        "identities": len(identities),
+        "identities_in_2plus_cameras": len(multi),
+        "multi_camera_identities": [
+            {"identity": i.identity_id, "cameras": list(i.cameras), "tracklets": i.num_tracklets}
+            for i in multi[:20]
+        ],
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def print_summary(summary: dict) -> None:
+    print()
+    print(f"{'camera':<16}{'frames':>8}{'tracklets':>11}{'fps':>8}")
+    for cid, c in summary["cameras"].items():
+        print(
+            f"{cid:<16}{c['frames']:>8}{c['tracklets']:>11}{c['fps']:>8.1f}"
+            + (f"  ! {c['error']}" if c["error"] else "")
+        )
+    print(
+        f"tracklets in SQL: {summary['tracklets_in_sql']}   identities: {summary['identities']}   "
+        f"seen in 2+ cameras: {summary['identities_in_2plus_cameras']}   wall time: {summary['wall_s']} s"
+    )
+    for i in summary["multi_camera_identities"]:
+        print(f"  identity {i['identity']}: {', '.join(i['cameras'])} ({i['tracklets']} tracklets)")
+
+
+def run_role(args, cfg: PipelineConfig) -> int:
+    """``run_pipeline.py worker ROLE``: one role in the foreground against a shared Redis and database.
+
+    Camera workers end with their (recorded) sources or on Ctrl-C; re-ID workers and the matcher serve until
+    Ctrl-C / SIGTERM, then finish the batch in hand (nothing is acknowledged before it is committed).
+    """
+    import socket
+
+    redis_url = args.redis or cfg.queue.redis_url
+    if not redis_url:
+        raise ValueError("worker roles share work through Redis: give --redis URL or queue.redis_url")
+    db_url = args.db or cfg.db.url
+    tracklets, embeddings = streams(cfg)
+    session_key = args.session or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    wiring = Wiring(db_url, redis_url, None, tracklets, embeddings, session_key, args.device)
+    name = args.name or f"{args.role}-{socket.gethostname()}-{os.getpid()}"
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if args.role == "camera":
+        from storage.db import open_store
+
+        open_store(db_url).dispose()  # migrate before the first health report
+        only = args.only.split(",") if args.only else None
+        camera_process(
+            cfg, wiring, stop=stop, only=only, progress=False if args.quiet else None, _in_child=False
+        )
+    elif args.role == "reid":
+        reid_process(cfg, wiring, consumer=name, stop=stop, _in_child=False)
+    else:
+        matcher_process(cfg, wiring, consumer=name, stop=stop, _in_child=False)
+    return 0

@@ -1,0 +1,147 @@
+"""Re-ID workers: closed tracklets in, 128-d embeddings (with an attention summary) out.
+
+A worker consumes the tracklet stream in a consumer group (several workers can share it), gathers up to
+``batch_size`` tracklets or waits at most ``max_wait_ms``, samples N crops per tracklet with the paper's
+test-time rule (first frame of each of N equal chunks), runs the network once for the batch (on CUDA when
+present), publishes one embedding message per tracklet, and only then acknowledges the tracklets. A
+message it cannot decode goes to the dead-letter stream with the reason; the worker keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from models.backbones import preprocess_crops
+from models.drsta import Embedder
+from models.sampling import restricted_random_sample
+from pipeline.messages import Tracklet, TrackletEmbedding
+from pipeline.queues import Message, Queue
+from pipeline.wire import WireError, decode_tracklet, encode_embedding
+
+log = logging.getLogger(__name__)
+
+
+def part_visibility(temporal: np.ndarray) -> np.ndarray:
+    """(N, K) temporal attention -> (K,) share of frames in which each part carried at least half of the
+    uniform weight 1/N: 1.0 = the part was usable in every sampled frame, low = seen in few of them."""
+    n = temporal.shape[0]
+    return (temporal >= 0.5 / n).mean(axis=0).astype(np.float32)
+
+
+class TrackletEncoder:
+    """Runs a re-ID network (DRSTA or the average-pooling baseline) on tracklets, batched."""
+
+    def __init__(self, model: Embedder, *, model_name: str, device: torch.device | str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.model_name = model_name
+        self.num_frames = int(model.num_frames)
+
+    def encode(self, tracklets: Sequence[Tracklet]) -> list[TrackletEmbedding]:
+        if not tracklets:
+            return []
+        n = self.num_frames
+        clips = []
+        for t in tracklets:
+            if len(t) == 0:
+                raise ValueError(f"tracklet {t.key}: no crops to embed")
+            idx = restricted_random_sample(len(t), n, train=False)
+            clips.append(preprocess_crops(t.crops[idx]))  # (N, 3, 256, 128)
+        x = torch.stack(clips).to(self.device)  # (B, N, 3, H, W)
+        out = self.model.embed(x)
+        emb = out.embeddings.float().cpu().numpy()
+        temporal = out.temporal_attention.float().cpu().numpy()  # (B, N, K)
+        return [
+            TrackletEmbedding(
+                camera_id=t.camera_id,
+                track_id=t.track_id,
+                chunk=t.chunk,
+                first_frame=t.first_frame,
+                last_frame=t.last_frame,
+                start_time=t.start_time,
+                end_time=t.end_time,
+                num_frames=t.num_frames,
+                embedding=emb[i],
+                part_visibility=part_visibility(temporal[i]),
+                model=self.model_name,
+                boxes=t.boxes,
+            )
+            for i, t in enumerate(tracklets)
+        ]
+
+
+def run_reid_worker(
+    queue: Queue,
+    encoder: TrackletEncoder,
+    *,
+    stream_in: str,
+    stream_out: str,
+    group: str = "reid",
+    consumer: str = "reid-1",
+    batch_size: int = 8,
+    max_wait_ms: int = 200,
+    reclaim_idle_ms: int = 30_000,
+    stop: threading.Event | None = None,
+    drain: threading.Event | None = None,
+) -> int:
+    """Serve until ``stop`` is set, or until ``drain`` is set and the input stream has nothing left.
+
+    Returns the number of tracklets embedded. ``drain`` is how a replay ends: the camera workers are done,
+    so once the group has no lag the worker exits.
+    """
+    queue.ensure_group(stream_in, group)
+    queue.ensure_group(stream_out, "matcher")  # so embeddings published before the matcher starts are kept
+    done = 0
+    last_reclaim = 0.0
+    while not (stop is not None and stop.is_set()):
+        batch: list[Message] = []
+        now = time.monotonic()
+        if now - last_reclaim > reclaim_idle_ms / 1000 / 2:
+            batch.extend(
+                queue.reclaim(stream_in, group, consumer, min_idle_ms=reclaim_idle_ms, count=batch_size)
+            )
+            last_reclaim = now
+        deadline = time.monotonic() + max_wait_ms / 1000
+        while len(batch) < batch_size:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 and batch:
+                break
+            got = queue.consume(
+                stream_in, group, consumer, count=batch_size - len(batch), block_ms=max(left_ms, 50)
+            )
+            batch.extend(got)
+            if not got and (batch or time.monotonic() >= deadline):
+                break
+        if not batch:
+            if drain is not None and drain.is_set() and queue.lag(stream_in, group) == 0:
+                break
+            continue
+        done += _handle(queue, encoder, batch, stream_in, stream_out, group)
+    return done
+
+
+def _handle(
+    queue: Queue, encoder: TrackletEncoder, batch: list[Message], stream_in, stream_out, group
+) -> int:
+    decoded: list[tuple[Message, Tracklet, str]] = []
+    for msg in batch:
+        try:
+            t, session = decode_tracklet(msg.payload)
+        except WireError as exc:
+            log.warning("tracklet message %s dead-lettered: %s", msg.id, exc)
+            queue.dead_letter(stream_in, group, msg, str(exc))
+            continue
+        decoded.append((msg, t, session))
+    if not decoded:
+        return 0
+    embeddings = encoder.encode([t for _, t, _ in decoded])
+    for (_, _, session), e in zip(decoded, embeddings, strict=True):
+        queue.publish(stream_out, encode_embedding(e, session=session))
+    queue.ack(stream_in, group, [m.id for m, _, _ in decoded])  # only after the results are published
+    return len(decoded)
