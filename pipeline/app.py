@@ -159,16 +159,16 @@ class HealthReporter(threading.Thread):
     def __init__(self, store, group, every_s: float = HEALTH_EVERY_S):
         super().__init__(name="health", daemon=True)
         self.store, self.group, self.every_s = store, group, every_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._connected: dict[str, bool] = {}
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
         self.report()  # final state
 
     def run(self) -> None:
-        while not self._stop.wait(self.every_s):
+        while not self._halt.wait(self.every_s):
             try:
                 self.report()
             except Exception as exc:  # the store being down must not stop the cameras

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# Alembic keeps its running migration in process-global proxies (alembic.context, alembic.op): two threads
+# migrating at once, even different databases, would mix them up. Taken before any database lock.
+_ALEMBIC_LOCK = threading.Lock()
 # Execution option read by the SQLite "begin" hook: True = plain deferred BEGIN (readers), else IMMEDIATE.
 _SQLITE_DEFERRED = "reid_sqlite_deferred"
 
@@ -104,14 +108,15 @@ class Store:
 
         On SQLite a session's transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock at once,
         so concurrent writers wait for ``busy_timeout`` instead of failing on a stale snapshot);
-        ``readonly=True`` uses a plain deferred ``BEGIN`` for queries that must not block writers.
+        ``readonly=True`` uses a plain deferred ``BEGIN`` for queries that must not block writers. On
+        PostgreSQL both are ordinary READ COMMITTED transactions; ``readonly`` enforces nothing.
         """
         with (self._reader if readonly else self._writer)() as session:
             yield session
 
     def revision(self) -> str | None:
         """The Alembic revision the database is at (None before any migration)."""
-        with self.engine.connect() as conn:
+        with self.engine.execution_options(**{_SQLITE_DEFERRED: True}).connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
     def dispose(self) -> None:
@@ -239,8 +244,11 @@ def _create_schema(url: URL, schema: str) -> None:
 
 
 def _migrate(engine: Engine, schema: str | None) -> None:
-    """``alembic upgrade head`` inside one transaction that holds the migration lock."""
+    """``alembic upgrade head`` inside one transaction that holds the migration lock (other processes wait
+    for it; on PostgreSQL the DDL commits or rolls back as a whole)."""
     cfg = alembic_config()
-    with engine.connect() as conn, conn.begin():
+    with _ALEMBIC_LOCK, engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(schema)})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

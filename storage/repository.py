@@ -50,11 +50,13 @@ __all__ = [
     "add_sighting",
     "add_tracklet",
     "add_tracklet_from",
+    "counts",
     "ensure_identity",
     "list_identities",
     "load_gallery",
     "max_identity_id",
     "passed_a_then_b",
+    "sighting_of",
     "timeline",
     "update_camera_health",
     "update_identity_stats",
@@ -450,9 +452,7 @@ def add_sighting(
     if similarity is not None and not math.isfinite(similarity):
         raise ValueError(f"similarity: expected a finite float or None, got {similarity}")
     sightings = SightingRow.__table__
-    existing = session.execute(
-        sa.select(sightings.c.identity_id).where(sightings.c.tracklet_id == tracklet_id)
-    ).scalar()
+    existing = sighting_of(session, tracklet_id)
     if existing is None:
         if not _exists(session, TrackletRow.__table__.c.id, tracklet_id):
             raise LookupError(f"add_sighting: no tracklet with id {tracklet_id}")
@@ -473,9 +473,7 @@ def add_sighting(
             update_identity_stats(session, identity_id)
             return int(identity_id)
         # Another transaction inserted it between our check and our insert.
-        existing = session.execute(
-            sa.select(sightings.c.identity_id).where(sightings.c.tracklet_id == tracklet_id)
-        ).scalar_one()
+        existing = sighting_of(session, tracklet_id)
     if existing != identity_id:
         log.warning(
             "tracklet %d is already identity %d; ignoring the new assignment to %d",
@@ -484,6 +482,15 @@ def add_sighting(
             identity_id,
         )
     return int(existing)
+
+
+def sighting_of(session: Session, tracklet_id: int) -> int | None:
+    """The identity tracklet ``tracklet_id`` was assigned to, or None if it has no sighting yet."""
+    sightings = SightingRow.__table__
+    found = session.execute(
+        sa.select(sightings.c.identity_id).where(sightings.c.tracklet_id == tracklet_id)
+    ).scalar()
+    return None if found is None else int(found)
 
 
 def update_identity_stats(session: Session, identity_id: int) -> None:
@@ -551,6 +558,18 @@ def load_gallery(session: Session, model: str) -> list[GalleryEntry]:
 
 # ----------------------------------------------------------------------------------------------------
 # Queries (the CLI's questions)
+
+
+_COUNTED = (CameraRow, HealthEventRow, TrackletRow, EmbeddingRow, IdentityRow, SightingRow)
+
+
+def counts(session: Session) -> dict[str, int]:
+    """Rows per table, keyed by table name (``cameras``, ``camera_health_events``, ``tracklets``,
+    ``embeddings``, ``identities``, ``sightings``)."""
+    return {
+        row.__tablename__: int(session.execute(sa.select(sa.func.count()).select_from(row)).scalar_one())
+        for row in _COUNTED
+    }
 
 
 def list_identities(session: Session, *, min_cameras: int = 1) -> list[IdentitySummary]:

@@ -11,7 +11,10 @@ import functools
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -59,7 +63,8 @@ def _pg_unreachable() -> str | None:
         with engine.connect():
             return None
     except sa.exc.OperationalError as e:
-        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({e.orig})"
+        reason = " ".join(str(e.orig).split())
+        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({reason})"
     finally:
         engine.dispose()
 
@@ -183,6 +188,19 @@ def test_migrations_are_idempotent(target):
             store.dispose()
 
 
+def test_downgrade_to_base_and_upgrade_again(store, target):
+    cfg = alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    store.dispose()
+    assert set(sa.inspect(store.engine).get_table_names()) == {"alembic_version"}
+    assert sa.inspect(store.engine).get_view_names() == []
+    again = open_store(target.url, schema=target.schema)
+    assert again.revision() == HEAD
+    again.dispose()
+
+
 def test_models_match_the_migrations(store):
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
@@ -212,6 +230,38 @@ def test_concurrent_open_store_all_succeed(target):
     assert revisions == [HEAD] * n
 
 
+# Imports first, then waits for a common start instant so that the migrations really overlap.
+OPEN_IN_A_PROCESS = """
+import sys, time
+from storage.db import open_store
+url, schema, start = sys.argv[1], sys.argv[2] or None, float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))
+store = open_store(url, schema=schema)
+print(store.revision())
+store.dispose()
+"""
+
+
+def test_concurrent_open_store_from_processes(target):
+    n = 4
+    start = time.time() + 5.0  # the interpreters need a moment to import sqlalchemy and alembic
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_IN_A_PROCESS, target.url, target.schema or "", str(start)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [
+        (p.returncode, err.strip().splitlines()[-1:]) for p, (_, err) in zip(procs, results, strict=True)
+    ] == [(0, [])] * n
+    assert [out.strip() for out, _ in results] == [HEAD] * n
+
+
 def test_open_store_creates_a_missing_schema():
     if reason := _pg_unreachable():
         pytest.skip(reason)
@@ -223,6 +273,26 @@ def test_open_store_creates_a_missing_schema():
         store.dispose()
     finally:
         _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_in_memory_sqlite_store_keeps_its_data_across_sessions():
+    store = open_store("sqlite://")
+    with store.session() as s:
+        tid = add(s, "A", 1, 0, 1)
+        s.commit()
+    with store.session(readonly=True) as s:
+        assert s.get(TrackletRow, tid).camera_id == "A"
+    store.dispose()
+
+
+def test_open_store_refuses_a_database_from_newer_code(target):
+    store = open_store(target.url, schema=target.schema)
+    with store.session() as s:
+        s.execute(sa.text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+        s.commit()
+    store.dispose()
+    with pytest.raises(StoreError, match="from_the_future"):
+        open_store(target.url, schema=target.schema)
 
 
 def test_sqlite_connection_settings(tmp_path):
@@ -561,7 +631,9 @@ def test_add_sighting_is_idempotent(store):
         other = add(s, "B", 1, 20, 30)
         repo.ensure_identity(s, 1, created_at=T0)
         repo.ensure_identity(s, 2, created_at=T0)
+        assert repo.sighting_of(s, tid) is None
         assert repo.add_sighting(s, tid, 1, None, T0 + 10) == 1
+        assert repo.sighting_of(s, tid) == 1
         assert repo.add_sighting(s, tid, 1, None, T0 + 10) == 1
         assert repo.add_sighting(s, tid, 2, 0.99, T0 + 20) == 1  # already decided: unchanged
         assert repo.add_sighting(s, other, 1, 0.7, T0 + 30) == 1
@@ -613,6 +685,7 @@ def test_queries_on_an_empty_store(store):
         assert repo.timeline(s, 1) == []
         assert repo.list_identities(s) == []
         assert repo.passed_a_then_b(s, "A", "B", 60) == []
+        assert repo.counts(s) == dict.fromkeys(TABLES, 0)
         assert s.execute(sa.text("SELECT * FROM identity_timeline")).all() == []
 
 
@@ -652,6 +725,18 @@ def test_timeline_of_unknown_identity_and_reversed_window(store, scene):
         assert repo.timeline(s, 404) == []
         with pytest.raises(ValueError, match="after"):
             repo.timeline(s, 1, since=T0 + 10, until=T0)
+
+
+def test_counts(store, scene):
+    with store.session(readonly=True) as s:
+        assert repo.counts(s) == {
+            "cameras": 3,
+            "camera_health_events": 3,
+            "tracklets": len(SCENE),
+            "embeddings": 0,
+            "identities": 3,
+            "sightings": len(SCENE) - 1,
+        }
 
 
 def test_identity_timeline_view_rows(store, scene):

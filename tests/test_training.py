@@ -16,7 +16,6 @@ from models.checkpoint import (
     CheckpointError,
     load_drsta,
     read_checkpoint,
-    save_checkpoint,
 )
 from models.train import TrainConfigError, load_train_config, train
 from tests.conftest import REPO, shared_path
@@ -37,7 +36,12 @@ def tiny_config(pku_root, osnet_msmt17, out_dir, **extra):
         + json.dumps(
             [
                 {"name": "attention", "epochs": 80, "lr": 0.1, "lr_step": 60, "train": ["spatial", "fc"]},
-                {"name": "joint", "epochs": 10, "lr": 0.01, "train": ["spatial", "enhance", "temporal", "fc"]},
+                {
+                    "name": "joint",
+                    "epochs": 10,
+                    "lr": 0.01,
+                    "train": ["spatial", "enhance", "temporal", "fc"],
+                },
             ]
         ),
     ] + [f"{k}={v}" for k, v in extra.items()]

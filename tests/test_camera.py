@@ -1,0 +1,157 @@
+"""The camera stage end to end on real footage, and its bad-input behaviour through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeline.camera import Camera, CameraGroup
+from pipeline.detector import PersonDetector
+from pipeline.mot_io import read_mot
+from pipeline.sources import open_source
+from pipeline.tracklets import TrackletBuilder
+from tests.conftest import REPO, shared_path
+from trackers import build_tracker
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return PersonDetector(shared_path("assets/detectors/yolo11n_int8_openvino_model"), conf=0.3)
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "run_pipeline.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_cams(tmp_path, body: str):
+    p = tmp_path / "cams.yaml"
+    p.write_text(body)
+    return p
+
+
+def cams_yaml(sources: dict[str, str], extra: str = "") -> str:
+    det = shared_path("assets/detectors/yolo11n_int8_openvino_model")
+    lines = ["cameras:"]
+    for cid, src in sources.items():
+        lines += [f"  - id: {cid}", f"    source: {src}", '    start_time: "2024-05-14T09:00:00Z"']
+    lines += ["detector:", f"  weights: {det}", "tracklets:", "  max_crops: 8", extra]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_until_tracklets_writes_mot_and_tracklets(tmp_path):
+    vtest = shared_path("data/vtest/vtest.avi")
+    room = shared_path("data/intel-sample-videos/one-by-one-person-detection.mp4")
+    cfg = write_cams(tmp_path, cams_yaml({"plaza": str(vtest), "room": str(room)}))
+    out = tmp_path / "out"
+    r = run_cli(
+        "--cameras",
+        str(cfg),
+        "--until",
+        "tracklets",
+        "--out",
+        str(out),
+        "--max-frames",
+        "60",
+        "--quiet",
+        "--save-video",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    for cid in ("plaza", "room"):
+        rows = read_mot(out / f"{cid}.txt")
+        assert rows.shape[1] == 10
+        if len(rows):
+            assert rows[:, 0].min() >= 1 and rows[:, 0].max() <= 60  # 1-based frames, capped by --max-frames
+            assert (rows[:, 4] > 0).all() and (rows[:, 5] > 0).all()  # positive width and height
+        assert (out / f"{cid}.mp4").stat().st_size > 10_000
+        assert not list(out.glob("*.part"))  # completed files renamed into place
+    plaza = read_mot(out / "plaza.txt")
+    assert len(plaza) > 100  # ~6 people per frame at conf 0.3 over 60 frames
+    lines = (out / "plaza_tracklets.jsonl").read_text().splitlines()
+    assert lines, "60 frames of vtest must close at least one tracklet (end of stream flushes)"
+    for line in lines:
+        t = json.loads(line)
+        assert t["camera"] == "plaza" and t["first_frame"] <= t["last_frame"] <= 59
+        assert t["start_time"].startswith("2024-05-14T09:00:") and t["num_crops"] >= 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cameras"]["plaza"]["frames"] == 60
+
+
+def test_a_dead_live_camera_never_stalls_the_others(detector):
+    vtest = shared_path("data/vtest/vtest.avi")
+    good = open_source("plaza", str(vtest), max_frames=30)
+    dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
+    cams = [
+        Camera("plaza", good, build_tracker("bytetrack"), TrackletBuilder("plaza")),
+        Camera("door", dead, build_tracker("bytetrack"), TrackletBuilder("door")),
+    ]
+    group = CameraGroup(cams, detector.detect, batch=2)
+    done = threading.Event()
+    result = {}
+
+    def run():
+        result.update(group.run())
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while cams[0].stats.frames < 30 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cams[0].stats.frames == 30  # the recorded camera finished while the live one was down
+    health = group.health()["door"]
+    assert not health.connected and health.last_error
+    group.stop()
+    assert done.wait(30)
+    assert result["door"].frames == 0
+
+
+@pytest.mark.parametrize(
+    "body, expect",
+    [
+        (lambda t: cams_yaml({"cam1": str(t / "missing.mp4")}), "cam1"),
+        (lambda t: cams_yaml({"cam1": "99"}), "cam1"),
+        (
+            lambda t: cams_yaml(
+                {"cam1": str(shared_path("data/vtest/vtest.avi"))}, "tracker:\n  name: sort9000"
+            ),
+            "sort9000",
+        ),
+        (
+            lambda t: cams_yaml({"cam1": str(shared_path("data/vtest/vtest.avi"))}, "detector2: {}"),
+            "detector2",
+        ),
+        (
+            lambda t: cams_yaml(
+                {"cam1": str(shared_path("data/vtest/vtest.avi"))}, "replay:\n  max_frames: soon"
+            ),
+            "max_frames",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_naming_what_is_wrong(tmp_path, body, expect):
+    cfg = write_cams(tmp_path, body(tmp_path))
+    r = run_cli(
+        "--cameras", str(cfg), "--until", "tracklets", "--out", str(tmp_path / "o"), "--quiet", timeout=300
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and expect in last
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "cam1.txt").exists()  # nothing half-written
+
+
+def test_unreadable_video_is_refused_at_start(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_text("not a video")
+    cfg = write_cams(tmp_path, cams_yaml({"cam1": str(bad)}))
+    r = run_cli(
+        "--cameras", str(cfg), "--until", "tracklets", "--out", str(tmp_path / "o"), "--quiet", timeout=300
+    )
+    assert r.returncode == 2 and "cam1" in r.stderr.strip().splitlines()[-1]
