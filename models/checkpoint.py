@@ -170,8 +170,9 @@ def load_drsta(
         recorded = payload.get("backbone_weights", {}).get("source")
         if recorded and not Path(recorded).is_absolute():
             # recorded relative to the repository root, where the default checkpoint lives
-            candidate = REPO_ROOT / recorded
-            backbone_weights = candidate if candidate.exists() else None
+            from models.samples import resolve_sample
+
+            backbone_weights = resolve_sample(REPO_ROOT / recorded)  # ../shared, else its public source
     return build_model_from_checkpoint(payload, path=path, backbone_weights=backbone_weights).to(device)
 
 

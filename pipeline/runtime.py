@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from models.samples import resolve_sample
 from pipeline.camera import Camera, CameraGroup, CameraStats, TrackletFileSink
 from pipeline.config import PipelineConfig
 from pipeline.detector import PersonDetector
@@ -24,7 +25,7 @@ from trackers import build_tracker
 def build_detector(cfg: PipelineConfig, *, device: str | None = None) -> PersonDetector:
     d = cfg.detector
     return PersonDetector(
-        d.weights,
+        resolve_sample(d.weights),
         imgsz=d.imgsz,
         conf=d.conf,
         iou=d.iou,
@@ -54,7 +55,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
         for c in selected:
             source = open_source(
                 c.id,
-                c.source,
+                resolve_sample(c.source) if c.source_kind in ("file", "images") else c.source,
                 start_time=c.start_time,
                 fps=c.fps,
                 realtime=cfg.replay.realtime,
