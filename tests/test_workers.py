@@ -1,0 +1,733 @@
+"""The re-ID and matcher workers against the real queues and the real stores.
+
+Every test runs over the in-process ``LocalQueue`` and Redis (127.0.0.1:6379, or ``REID_TEST_REDIS_URL``), and
+the matcher tests also over SQLite (a temporary file) and PostgreSQL (``REID_TEST_PG_URL``, a unique schema per
+store, dropped afterwards). Cases skip, saying why, only when Redis or PostgreSQL is unreachable, or when the
+shared PKU-Reid crops or OSNet weights are absent (the re-ID worker on real data).
+
+What is checked: one embedding per tracklet with the tracklet's key and span, and same-person cross-camera
+embeddings closer than different-person ones; malformed messages in the dead-letter stream with a reason while
+the worker keeps going; nothing acknowledged before the SQL commit; a redelivered message changes nothing; a
+restarted matcher keeps its identities and numbering; the same input gives the same identities; and a consumer
+SIGKILLed mid-message is completed by another one, exactly once in SQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from pipeline.matcher import Gallery, Matcher, Topology
+from pipeline.matcher_worker import restore_matcher, run_matcher_worker
+from pipeline.messages import Tracklet, TrackletEmbedding
+from pipeline.queues import LocalBroker, LocalQueue, Queue, RedisQueue, redact_url, start_local_broker
+from pipeline.wire import decode_embedding, decode_tracklet, encode_embedding, encode_tracklet
+from storage import repository as repo
+from storage.db import Store, open_store
+from storage.models import SightingRow, TrackletRow
+from tests.conftest import shared_path
+
+REDIS_URL = os.environ.get("REID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("REID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = 1_700_000_000.0
+MODEL = "test-model@0123456789ab"
+DIM = 128
+PARTS = 6
+THRESHOLD = 0.6
+SESSION = "run-1"
+PKU_IDS = ("007", "008", "010")  # held out from the default checkpoint's training ids
+PKU_CAMS = ("01", "02")
+WORKER_TIMEOUT_S = 60.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Services
+
+
+@functools.cache
+def _redis_unreachable() -> str | None:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as err:
+        return f"Redis is not reachable at {redact_url(REDIS_URL)} ({type(err).__name__}: {err})"
+    finally:
+        client.close()
+
+
+@functools.cache
+def _pg_unreachable() -> str | None:
+    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            return None
+    except sa.exc.OperationalError as e:
+        reason = " ".join(str(e.orig).split())
+        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({reason})"
+    finally:
+        engine.dispose()
+
+
+def _pg_admin(sql: str, **params: object) -> None:
+    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql), params)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def names() -> Iterator[Callable[[str], str]]:
+    """Unique stream/group names for one test; Redis keys under the prefix are deleted afterwards."""
+    prefix = f"test-workers:{uuid.uuid4().hex}:"
+    yield lambda name: prefix + name
+    if _redis_unreachable():
+        return
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    """The embedded broker, for tests whose consumers live in another process."""
+    b = start_local_broker()
+    yield b
+    b.shutdown()
+
+
+@pytest.fixture(params=["local", "redis"])
+def queue_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis" and (reason := _redis_unreachable()):
+        pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def queue(queue_kind: str) -> Iterator[Queue]:
+    """A queue of the parametrized kind, in this process only."""
+    q: Queue = LocalQueue() if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0)
+    yield q
+    q.close()
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    schema: str | None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], tuple[Store, Target]]]:
+    """Factory of fresh, empty stores of the parametrized database: each call a new file or a new schema."""
+    if request.param == "postgresql" and (reason := _pg_unreachable()):
+        pytest.skip(reason)
+    stores: list[Store] = []
+    schemas: list[str] = []
+
+    def make() -> tuple[Store, Target]:
+        if request.param == "sqlite":
+            target = Target(f"sqlite:///{tmp_path / f'store{len(stores)}.db'}", None)
+        else:
+            schema = f"reid_test_{uuid.uuid4().hex[:16]}"
+            schemas.append(schema)
+            target = Target(PG_URL, schema)
+        store = open_store(target.url, schema=target.schema)
+        stores.append(store)
+        return store, target
+
+    yield make
+    for store in stores:
+        store.dispose()
+    for schema in schemas:
+        _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Messages and expectations
+
+
+def _people(n: int, seed: int) -> np.ndarray:
+    """(n, DIM) random unit vectors: in 128 dimensions two of them have cosine about 0 +- 0.1."""
+    v = np.random.default_rng(seed).standard_normal((n, DIM))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _embedding(
+    camera: str, track: int, start: float, vector: np.ndarray, *, chunk: int = 0
+) -> TrackletEmbedding:
+    """A tracklet embedding of ``camera`` over ``[T0 + start, T0 + start + 5]``."""
+    frame = int(start * 10)
+    return TrackletEmbedding(
+        camera_id=camera,
+        track_id=track,
+        chunk=chunk,
+        first_frame=frame,
+        last_frame=frame + 50,
+        start_time=T0 + start,
+        end_time=T0 + start + 5.0,
+        num_frames=51,
+        embedding=(vector / np.linalg.norm(vector)).astype(np.float32),
+        part_visibility=np.linspace(0.5, 1.0, PARTS, dtype=np.float32),
+        model=MODEL,
+        boxes=np.array([[10, 20, 60, 140], [12, 20, 62, 141]], np.float32),
+    )
+
+
+def _scene(n_people: int = 3, cameras: Sequence[str] = ("A", "B"), seed: int = 0) -> list[TrackletEmbedding]:
+    """Every person seen once per camera, the cameras one after the other (50 s apart), a little noise on
+    each view: same-person cosine about 0.99, different people about 0 (threshold 0.6)."""
+    rng = np.random.default_rng(seed + 1)
+    people = _people(n_people, seed)
+    out = []
+    for c, camera in enumerate(cameras):
+        for p, person in enumerate(people):
+            noisy = person + rng.standard_normal(DIM) * 0.1 / np.sqrt(DIM)
+            out.append(_embedding(camera, 10 * c + p + 1, 50.0 * c + p, noisy))
+    return out
+
+
+def _expected(
+    batches: Sequence[Sequence[TrackletEmbedding]], *, next_id: int = 1
+) -> dict[tuple[str, int, int], tuple[int, float | None]]:
+    """What the worker must store: the pure matcher's decision, batch by batch, keyed by tracklet key."""
+    matcher = Matcher(Gallery(next_id=next_id), Topology(), threshold=THRESHOLD, model=MODEL)
+    out = {}
+    for batch in batches:
+        for a in matcher.assign(batch):
+            out[a.key] = (a.identity_id, a.similarity)
+    return out
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    counts: dict[str, int]
+    sightings: dict[tuple[str, int, int], tuple[int, float | None]]
+    identities: list[repo.IdentitySummary]
+
+
+def _snapshot(store: Store) -> Snapshot:
+    t, s = TrackletRow, SightingRow
+    with store.session(readonly=True) as session:
+        counts = repo.counts(session)
+        rows = session.execute(
+            sa.select(t.camera_id, t.track_id, t.chunk, s.identity_id, s.similarity).join(
+                s, s.tracklet_id == t.id
+            )
+        ).all()
+        identities = repo.list_identities(session)
+    sightings: dict[tuple[str, int, int], tuple[int, float | None]] = {}
+    for r in rows:
+        key = (r.camera_id, int(r.track_id), int(r.chunk))
+        assert key not in sightings, f"tracklet {key} stored twice"
+        sightings[key] = (int(r.identity_id), r.similarity)
+    return Snapshot(counts, sightings, identities)
+
+
+def _assert_sightings(got: dict, expected: dict) -> None:
+    assert sorted(got) == sorted(expected)
+    for key, (identity, sim) in expected.items():
+        got_identity, got_sim = got[key]
+        assert got_identity == identity, f"{key}: identity {got_identity}, expected {identity}"
+        assert (got_sim is None) == (sim is None), f"{key}: similarity {got_sim}, expected {sim}"
+        if sim is not None:
+            assert got_sim == pytest.approx(sim, abs=1e-6), key
+
+
+EMPTY_SQL = {"tracklets": 0, "embeddings": 0, "identities": 0, "sightings": 0}
+
+
+def _sql_rows(snap: Snapshot) -> dict[str, int]:
+    return {k: snap.counts[k] for k in EMPTY_SQL}
+
+
+def _publish(queue: Queue, stream: str, embeddings: Sequence[TrackletEmbedding]) -> list[str]:
+    return [queue.publish(stream, encode_embedding(e, session=SESSION)) for e in embeddings]
+
+
+def _restoring(store: Store) -> Callable[[], Matcher]:
+    return lambda: restore_matcher(store, topology=Topology(), threshold=THRESHOLD, model=MODEL)
+
+
+def _bounded(worker: Callable[..., int], timeout: float = WORKER_TIMEOUT_S, **kw) -> int:
+    """Run ``worker(stop=..., drain=<set>, **kw)`` in a thread; fail the test if it has not drained in time."""
+    stop, drain = threading.Event(), threading.Event()
+    drain.set()
+    result: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(worker(stop=stop, drain=drain, **kw))
+        except BaseException as err:  # re-raised in the test's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        stop.set()
+        thread.join(30)
+        pytest.fail(f"the worker did not drain its stream within {timeout:g}s")
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _run_matcher(queue: Queue, store, make: Callable[[], Matcher], stream: str, **kw) -> int:
+    kw = {"group": "matcher", "consumer": "matcher-1", "block_ms": 100, "retry_s": 0.05, **kw}
+    return _bounded(run_matcher_worker, queue=queue, store=store, make_matcher=make, stream=stream, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. The re-ID worker on real crops
+
+
+def _pku_tracklet(
+    root: Path, pid: str, cam: str, track_id: int, start: float, *, count: int = 8, camera: str | None = None
+) -> Tracklet:
+    """A tracklet of PKU-Reid person ``pid`` from its ``cam`` images 1..count, resized to 256x128."""
+    crops = np.stack(
+        [cv2.resize(cv2.imread(str(root / pid / f"{cam}_{k}.png")), (128, 256)) for k in range(1, count + 1)]
+    )  # (T, 256, 128, 3) BGR
+    frames = np.arange(count, dtype=np.int64) * 3 + int(start * 10)
+    rng = np.random.default_rng(track_id)
+    x1 = rng.uniform(0, 500, count)
+    y1 = rng.uniform(0, 200, count)
+    return Tracklet(
+        camera_id=camera or f"cam{cam}",
+        track_id=track_id,
+        chunk=0,
+        first_frame=int(frames[0]),
+        last_frame=int(frames[-1]),
+        start_time=T0 + start,
+        end_time=T0 + start + (count - 1) * 0.3,
+        num_frames=(count - 1) * 3 + 1,
+        frame_indices=frames,
+        timestamps=T0 + start + np.arange(count) * 0.3,
+        boxes=np.stack([x1, y1, x1 + 60, y1 + 160], axis=1),
+        scores=rng.uniform(0.5, 1.0, count),
+        crops=crops,
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
+    from models.checkpoint import load_drsta
+    from pipeline.reid_worker import TrackletEncoder
+
+    return TrackletEncoder(load_drsta(), model_name="drsta_osnet_x0_25_pku@test", device="cpu")
+
+
+def _empty_tracklet() -> Tracklet:
+    return Tracklet(
+        "cam09", 99, 0, 0, 0, T0, T0, 0, np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)), np.zeros(0),
+        np.zeros((0, 256, 128, 3), np.uint8),
+    )  # fmt: skip
+
+
+# Malformed tracklet messages and the dead-letter reason each must get (a regular expression).
+BAD_TRACKLETS = {
+    "random bytes": (lambda: np.random.default_rng(7).bytes(333), r"."),
+    "not a map": (lambda: msgpack.packb([1, 2, 3]), r"expected a msgpack map"),
+    "an embedding message": (
+        lambda: encode_embedding(_embedding("A", 1, 0.0, _people(1, 3)[0]), session=SESSION),
+        r"type: expected 'tracklet'",
+    ),
+    "a tracklet with no crops": (lambda: encode_tracklet(_empty_tracklet(), session=SESSION), r"crop"),
+}
+
+
+def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, queue: Queue, names) -> None:
+    from pipeline.reid_worker import run_reid_worker
+
+    root = shared_path("data/pku-reid")
+    tracklets = [
+        _pku_tracklet(root, pid, cam, track_id=i + 1, start=30.0 * c + i)
+        for c, cam in enumerate(PKU_CAMS)
+        for i, pid in enumerate(PKU_IDS)
+    ]
+    person = {t.key: PKU_IDS[t.track_id - 1] for t in tracklets}
+    one_crop = _pku_tracklet(root, PKU_IDS[0], "01", track_id=1, start=100.0, count=1, camera="cam03")
+    good = [*tracklets, one_crop]
+    s_in, s_out, group = names("tracklets"), names("embeddings"), names("reid")
+
+    payloads = [encode_tracklet(t, session=f"cam-run-{t.camera_id}") for t in good]
+    good_payloads = list(payloads)
+    for name, (make, _) in BAD_TRACKLETS.items():  # each bad one between good ones
+        payloads.insert(1 + 2 * list(BAD_TRACKLETS).index(name), make())
+    ids = [queue.publish(s_in, p) for p in payloads]
+
+    started = time.monotonic()
+    done = _bounded(
+        run_reid_worker,
+        queue=queue,
+        encoder=encoder,
+        stream_in=s_in,
+        stream_out=s_out,
+        group=group,
+        batch_size=3,
+        max_wait_ms=100,
+    )
+    elapsed = time.monotonic() - started
+
+    assert done == len(good)
+    assert queue.pending_count(s_in, group) == 0 and queue.lag(s_in, group) == 0, (
+        "tracklets left unacknowledged"
+    )
+    dead = queue.dead_letters(s_in)
+    assert len(dead) == len(BAD_TRACKLETS)
+    for letter, (name, (make, reason)) in zip(dead, BAD_TRACKLETS.items(), strict=True):
+        assert letter.payload == make() and letter.original_id == ids[payloads.index(letter.payload)], name
+        assert letter.group == group and letter.reason.strip(), name
+        assert re.search(reason, letter.reason), f"{name}: reason {letter.reason!r}"
+
+    out = queue.consume(s_out, "matcher", "probe", count=100, block_ms=0)  # the worker created this group
+    decoded = [decode_embedding(m.payload) for m in out]
+    embeddings = {e.key: e for e, _ in decoded}
+    assert len(decoded) == len(good) and sorted(embeddings) == sorted(t.key for t in good), "one per tracklet"
+    for t in good:
+        e, session = next(d for d in decoded if d[0].key == t.key)
+        assert session == f"cam-run-{t.camera_id}"
+        span = ("first_frame", "last_frame", "start_time", "end_time", "num_frames")
+        assert [getattr(e, f) for f in span] == [getattr(t, f) for f in span]
+        np.testing.assert_array_equal(e.boxes, t.boxes)
+        assert e.model == encoder.model_name
+        assert abs(float(np.linalg.norm(e.embedding)) - 1.0) < 1e-4
+        assert e.part_visibility.shape == (encoder.model.cfg.num_parts,)
+        assert ((e.part_visibility >= 0) & (e.part_visibility <= 1)).all()
+    # Each embedding is its own tracklet's (as decoded from the wire, JPEG and all), not a neighbour's.
+    direct = encoder.encode([decode_tracklet(p)[0] for p in payloads if p in good_payloads])
+    for d in direct:
+        np.testing.assert_allclose(embeddings[d.key].embedding, d.embedding, atol=1e-4)
+
+    same, different = [], []
+    for a in tracklets:
+        for b in tracklets:
+            if a.camera_id < b.camera_id:
+                cos = float(embeddings[a.key].embedding @ embeddings[b.key].embedding)
+                (same if person[a.key] == person[b.key] else different).append(cos)
+    assert len(same) == 3 and len(different) == 6
+    assert np.mean(same) > np.mean(different) + 0.05, f"same-person {same}, different-person {different}"
+    print(
+        f"\nre-ID worker: {len(good)} tracklets in {elapsed:.2f}s; cross-camera cosine same "
+        f"{np.mean(same):.3f}, different {np.mean(different):.3f}"
+    )
+
+
+class _MustNotEncode:
+    model_name = "never"
+
+    def encode(self, tracklets):
+        raise AssertionError(f"encode called with {len(tracklets)} tracklets on an empty stream")
+
+
+@pytest.mark.parametrize("max_wait_ms", [50, 200])
+def test_reid_worker_on_an_empty_stream_returns_promptly(queue: Queue, names, max_wait_ms: int) -> None:
+    from pipeline.reid_worker import run_reid_worker
+
+    s_in, s_out = names("tracklets"), names("embeddings")
+    started = time.monotonic()
+    done = _bounded(
+        run_reid_worker,
+        timeout=10,
+        queue=queue,
+        encoder=_MustNotEncode(),
+        stream_in=s_in,
+        stream_out=s_out,
+        max_wait_ms=max_wait_ms,
+    )
+    assert done == 0
+    assert time.monotonic() - started < 2.0
+    assert queue.length(s_out) == 0 and queue.lag(s_out, "matcher") == 0  # the matcher's group exists, empty
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The matcher worker
+
+
+@pytest.mark.parametrize("when", ["in the same batch", "in a later batch"])
+def test_redelivered_embedding_changes_nothing_in_sql(queue: Queue, make_store, names, when: str) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = _scene()
+    expected = _expected([scene])
+    if when == "in the same batch":
+        _publish(queue, stream, scene + scene)
+        assert _run_matcher(queue, store, _restoring(store), stream) == len(scene)
+    else:
+        _publish(queue, stream, scene)
+        assert _run_matcher(queue, store, _restoring(store), stream) == len(scene)
+        before = _snapshot(store)
+        _publish(queue, stream, scene[::-1])  # delivered again, e.g. after a crash between commit and ack
+        assert _run_matcher(queue, store, _restoring(store), stream, consumer="matcher-2") == 0
+        assert _snapshot(store) == before
+    after = _snapshot(store)
+    assert _sql_rows(after) == {"tracklets": 6, "embeddings": 6, "identities": 3, "sightings": 6}
+    _assert_sightings(after.sightings, expected)
+    assert [(i.identity_id, i.num_tracklets, i.cameras) for i in after.identities] == [
+        (1, 2, ("A", "B")),
+        (2, 2, ("A", "B")),
+        (3, 2, ("A", "B")),
+    ]
+    assert queue.pending_count(stream, "matcher") == 0 and queue.lag(stream, "matcher") == 0
+    assert queue.dead_letters(stream) == []
+
+
+class _FaultyStore:
+    """A :class:`Store` whose first write commit fails: by raising before it (``"commit raises"``), or, on
+    PostgreSQL, by the server terminating the session's connection just before COMMIT is sent."""
+
+    def __init__(self, store: Store, fault: str) -> None:
+        self._store = store
+        self._fault = fault
+        self.failures = 0
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        with self._store.session(readonly=readonly) as s:
+            if not readonly and self.failures == 0:
+                sa.event.listen(s, "before_commit", self._fail)
+            yield s
+
+    def _fail(self, session: Session) -> None:
+        sa.event.remove(session, "before_commit", self._fail)
+        self.failures += 1
+        if self._fault == "backend terminated":
+            pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            _pg_admin("SELECT pg_terminate_backend(:pid)", pid=pid)
+        else:
+            raise RuntimeError("injected: the commit failed")
+
+    def dispose(self) -> None:
+        self._store.dispose()
+
+
+@pytest.mark.parametrize(
+    "fault", ["commit raises", "commit raises, then the gallery rebuild fails once", "backend terminated"]
+)
+def test_nothing_is_acknowledged_before_the_commit(queue: Queue, make_store, names, fault: str) -> None:
+    store, target = make_store()
+    if fault == "backend terminated" and target.schema is None:
+        pytest.skip("terminating the server's backend needs PostgreSQL")
+    stream = names("embeddings")
+    scene = _scene(seed=5)
+    _publish(queue, stream, scene)
+    faulty = _FaultyStore(store, "backend terminated" if fault == "backend terminated" else "commit raises")
+    seen_after_failure: list[tuple[int, dict[str, int]]] = []
+    calls = 0
+
+    def make() -> Matcher:
+        # Called at start, then again after every failed batch: observe what the failure left behind.
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            seen_after_failure.append((queue.pending_count(stream, "matcher"), _sql_rows(_snapshot(store))))
+            if fault.endswith("rebuild fails once"):
+                raise RuntimeError("injected: the database is still away")
+        return restore_matcher(faulty, topology=Topology(), threshold=THRESHOLD, model=MODEL)
+
+    assert _run_matcher(queue, faulty, make, stream) == len(scene)
+
+    assert faulty.failures == 1, "the fault was never injected"
+    assert seen_after_failure == [(len(scene), EMPTY_SQL)], "acknowledged or stored before the commit"
+    after = _snapshot(store)
+    assert _sql_rows(after) == {"tracklets": 6, "embeddings": 6, "identities": 3, "sightings": 6}
+    # The retry decides as if nothing had happened (a gallery left ahead of SQL would not).
+    _assert_sightings(after.sightings, _expected([scene]))
+    assert queue.pending_count(stream, "matcher") == 0 and queue.lag(stream, "matcher") == 0
+    assert queue.dead_letters(stream) == []
+
+
+def test_restarted_matcher_keeps_identities_and_numbering(queue: Queue, make_store, names) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    # An earlier run with another model left identity 41: its embeddings are not comparable, its id is taken.
+    with store.session() as s:
+        tid = repo.add_tracklet_from(s, _embedding("Z", 1, -500.0, _people(1, 9)[0]), session_key="old-run")
+        repo.add_embedding(s, tid, model="old-model", vector=_people(1, 9)[0])
+        repo.ensure_identity(s, 41, created_at=T0)
+        repo.add_sighting(s, tid, 41, None, T0)
+        s.commit()
+    scene = _scene(seed=11)
+    _publish(queue, stream, scene)
+    assert _run_matcher(queue, store, _restoring(store), stream) == len(scene)
+    first = _snapshot(store).sightings
+    _assert_sightings(first, _expected([scene], next_id=42))
+
+    known = scene[1]  # person 2 in camera A
+    later = [
+        _embedding("C", 7, 500.0, known.embedding),
+        _embedding("C", 8, 500.0, _people(4, 11)[3]),  # someone new
+    ]
+    _publish(queue, stream, later)
+    assert _run_matcher(queue, store, _restoring(store), stream, consumer="matcher-restarted") == 2
+
+    after = _snapshot(store).sightings
+    assert {k: after[k] for k in first} == first
+    person2, sim = after[later[0].key]
+    assert person2 == first[known.key][0] and sim == pytest.approx(1.0, abs=1e-5)
+    assert after[later[1].key] == (45, None), "new identities continue after the largest stored id (41 + 3)"
+    assert _snapshot(store).counts["identities"] == 5
+
+
+def _other_model() -> bytes:
+    return encode_embedding(
+        replace(_embedding("A", 90, 0.0, _people(1, 3)[0]), model="another-model"), session=SESSION
+    )
+
+
+def _other_dim() -> bytes:
+    e = _embedding("A", 91, 0.0, _people(1, 3)[0])
+    return encode_embedding(
+        replace(e, embedding=e.embedding[:64] / np.linalg.norm(e.embedding[:64])), session=SESSION
+    )
+
+
+def _not_unit() -> bytes:
+    msg = msgpack.unpackb(encode_embedding(_embedding("A", 92, 0.0, _people(1, 3)[0]), session=SESSION))
+    msg["embedding"]["data"] = (np.frombuffer(msg["embedding"]["data"], "<f4") * 3).astype("<f4").tobytes()
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+# Embedding messages the matcher cannot use, and the dead-letter reason each must get.
+BAD_EMBEDDINGS = {
+    "random bytes": (lambda: np.random.default_rng(8).bytes(200), r"."),
+    "a tracklet message": (
+        lambda: encode_tracklet(_empty_tracklet(), session=SESSION),
+        r"type: expected 'embedding'",
+    ),
+    "not unit norm": (_not_unit, r"unit L2 norm"),
+    "another model": (_other_model, r"another-model"),
+    "another dimension": (_other_dim, r"64"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_EMBEDDINGS))
+def test_unusable_embedding_is_dead_lettered_and_the_worker_continues(
+    queue: Queue, make_store, names, bad: str
+) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    make, reason = BAD_EMBEDDINGS[bad]
+    scene = _scene(seed=13)
+    ids = _publish(queue, stream, scene[:3])
+    bad_id = queue.publish(stream, make())
+    ids += _publish(queue, stream, scene[3:])
+
+    assert _run_matcher(queue, store, _restoring(store), stream, batch_size=4) == len(scene)
+
+    [letter] = queue.dead_letters(stream)
+    assert (letter.original_id, letter.payload, letter.group) == (bad_id, make(), "matcher")
+    assert re.search(reason, letter.reason), f"reason {letter.reason!r}"
+    snap = _snapshot(store)
+    assert _sql_rows(snap) == {"tracklets": 6, "embeddings": 6, "identities": 3, "sightings": 6}
+    _assert_sightings(snap.sightings, _expected([scene[:3], scene[3:]]))
+    assert queue.pending_count(stream, "matcher") == 0 and queue.lag(stream, "matcher") == 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_same_input_gives_same_identities(queue: Queue, make_store, names, batch_size: int) -> None:
+    # Five people in three cameras, in a shuffled order; two of them look alike (cosine about 0.7).
+    scene = _scene(n_people=5, cameras=("A", "B", "C"), seed=17)
+    lookalike = scene[0].embedding * 0.75 + scene[1].embedding * 0.65
+    scene.append(_embedding("D", 1, 400.0, lookalike))
+    order = np.random.default_rng(3).permutation(len(scene))
+    scene = [scene[i] for i in order]
+    runs = []
+    for run in range(2):
+        store, _ = make_store()
+        stream = names(f"embeddings-{run}")
+        _publish(queue, stream, scene)
+        assert _run_matcher(queue, store, _restoring(store), stream, batch_size=batch_size) == len(scene)
+        runs.append(_snapshot(store))
+    assert runs[0] == runs[1]
+    batches = [scene[i : i + batch_size] for i in range(0, len(scene), batch_size)]
+    _assert_sightings(runs[0].sightings, _expected(batches))
+    assert runs[0].counts["sightings"] == len(scene)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. A consumer killed mid-message
+
+
+def _doomed_matcher(
+    queue: Queue, url: str, schema: str | None, stream: str, hook: str, reached, consumer: str
+) -> None:
+    """Child process: a matcher worker that hangs at ``hook`` (a Session event) of its first commit."""
+    store = open_store(url, schema=schema)
+
+    def hang(session: Session) -> None:
+        reached.set()
+        time.sleep(600)
+
+    sa.event.listen(Session, hook, hang)
+    run_matcher_worker(queue, store, _restoring(store), stream=stream, consumer=consumer, block_ms=100)
+
+
+@pytest.mark.parametrize("hook", ["before_commit", "after_commit"])
+def test_consumer_killed_mid_message_is_completed_by_another(
+    queue_kind: str, broker: LocalBroker, make_store, names, hook: str
+) -> None:
+    queue: Queue = broker.queue() if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0)
+    store, target = make_store()
+    stream = names("embeddings")
+    scene = _scene(seed=23)
+    expected = _expected([scene])
+    _publish(queue, stream, scene)
+
+    ctx = multiprocessing.get_context("spawn")
+    reached = ctx.Event()
+    child = ctx.Process(
+        target=_doomed_matcher, args=(queue, target.url, target.schema, stream, hook, reached, "doomed")
+    )
+    child.start()
+    try:
+        assert reached.wait(60), f"the child never reached {hook} (exit code {child.exitcode})"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # mid-message: consumed, not acknowledged
+        child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    assert queue.pending_count(stream, "matcher") == len(scene)
+    killed = _snapshot(store)
+    if hook == "before_commit":
+        assert _sql_rows(killed) == EMPTY_SQL
+    else:
+        _assert_sightings(killed.sightings, expected)
+
+    assigned = _run_matcher(queue, store, _restoring(store), stream, consumer="survivor", reclaim_idle_ms=300)
+
+    assert assigned == (len(scene) if hook == "before_commit" else 0)
+    after = _snapshot(store)
+    assert _sql_rows(after) == {"tracklets": 6, "embeddings": 6, "identities": 3, "sightings": 6}
+    _assert_sightings(after.sightings, expected)
+    assert queue.pending_count(stream, "matcher") == 0 and queue.lag(stream, "matcher") == 0
+    assert queue.dead_letters(stream) == []
+    queue.close()
