@@ -99,8 +99,6 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
         raise ValueError("--until tracklets needs --out DIR")
     configure_torch()
     detector = build_detector(cfg, device=args.device)
-    groups: list = []
-    _stop_on_signals(groups)
     stats = run_camera_stage(
         cfg,
         out_dir=args.out,
@@ -108,7 +106,7 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
         save_video=args.save_video,
         only=args.only.split(",") if args.only else None,
         progress=False if args.quiet else None,
-        stop_holder=groups,
+        on_start=_stop_on_signals,
     )
     summary = {
         "cameras": {
@@ -136,12 +134,11 @@ def _print_camera_table(stats) -> None:
         )
 
 
-def _stop_on_signals(holder: list) -> None:
+def _stop_on_signals(group) -> None:
     """Ctrl-C / SIGTERM: ask the running stage to stop; it flushes and closes its outputs itself."""
 
     def handler(signum, _frame):
-        for obj in holder:
-            obj.stop()
+        group.stop()
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
 

@@ -17,13 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from models.checkpoint import CheckpointError, load_avgpool_baseline, load_drsta, resolve_device
 from models.datasets import DATASETS, get_reader
-from models.metrics import ReIDMetrics, cosine_distance, evaluate_rank
+from models.metrics import ReIDMetrics
 from models.runtime import configure_torch
-from models.train import embed_records
+from models.train import evaluate_records
 
 
 def parse_ids(value: str | None) -> list[str] | None:
@@ -54,19 +52,7 @@ def evaluate_model(
     query, gallery = list(data.query), list(data.gallery)
     if not query or not gallery:
         raise ValueError(f"{root}: dataset {dataset!r} has no query or no gallery tracklets")
-    q = embed_records(model, query, device, None).numpy()
-    g = (
-        q
-        if data.query is data.gallery or query == gallery
-        else embed_records(model, gallery, device, None).numpy()
-    )
-    return evaluate_rank(
-        cosine_distance(q, g),
-        np.array([r.pid for r in query]),
-        np.array([r.pid for r in gallery]),
-        np.array([r.camid for r in query]),
-        np.array([r.camid for r in gallery]),
-    )
+    return evaluate_records(model, query, query if data.query is data.gallery else gallery, device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,8 +85,7 @@ def camera_process(
     """Run the cameras, publish every closed tracklet, keep the cameras' health in SQL."""
     _child_setup(_in_child)
     from models.runtime import configure_torch
-    from pipeline.camera import CameraGroup, TrackletFileSink
-    from pipeline.runtime import ProgressBars, build_cameras, build_detector
+    from pipeline.runtime import build_detector, run_camera_stage
     from pipeline.wire import encode_tracklet
     from storage import repository as repo
     from storage.db import open_store
@@ -95,58 +94,33 @@ def camera_process(
     store = open_store(wiring.db_url)
     queue = wiring.queue(cfg)
     detector = build_detector(cfg, device=wiring.device)
-    cameras = build_cameras(cfg, only=only)
-    with store.session() as s:
-        for c in cameras:
-            conf = cfg.camera(c.camera_id)
-            start = datetime.fromtimestamp(c.source.start_time, UTC) if c.source.start_time else None
-            repo.upsert_camera(s, c.camera_id, redact_url(str(conf.source)), start)
-        s.commit()
 
-    sink = TrackletFileSink(out_dir, [c.camera_id for c in cameras]) if out_dir else None
-    video = None
-    if save_video and out_dir:
-        from pipeline.drawing import AnnotatedVideoWriter
-
-        video = AnnotatedVideoWriter(out_dir, {c.camera_id: c.source.fps or 10.0 for c in cameras})
-
-    def on_tracks(frame, dets, tracks):
-        if sink is not None:
-            sink.tracks(frame, dets, tracks)
-        if video is not None:
-            video.write(frame, tracks)
-
-    def on_tracklet(t):
+    def publish(t):
         queue.publish(wiring.tracklet_stream, encode_tracklet(t, session=wiring.session_key))
-        if sink is not None:
-            sink.tracklet(t)
 
-    bars = ProgressBars(cameras, disable=None if progress is None else not progress)
-    group = CameraGroup(
-        cameras,
-        detector.detect,
-        batch=cfg.detector.batch,
-        on_tracks=on_tracks,
-        on_tracklet=on_tracklet,
-        on_frame_done=bars,
+    def on_start(group):
+        with store.session() as s:
+            for c in group.cameras:
+                conf = cfg.camera(c.camera_id)
+                start = datetime.fromtimestamp(c.source.start_time, UTC) if c.source.start_time else None
+                repo.upsert_camera(s, c.camera_id, redact_url(str(conf.source)), start)
+            s.commit()
+        health = HealthReporter(store, group)
+        health.start()
+        if stop is not None:
+            threading.Thread(target=lambda: (stop.wait(), group.stop()), daemon=True).start()
+        return health.stop
+
+    stats = run_camera_stage(
+        cfg,
+        detector=detector,
+        out_dir=out_dir,
+        save_video=save_video,
+        only=only,
+        on_tracklet=publish,
+        progress=progress,
+        on_start=on_start,
     )
-    health = HealthReporter(store, group)
-    health.start()
-    watcher = None
-    if stop is not None:
-        watcher = threading.Thread(target=lambda: (stop.wait(), group.stop()), daemon=True)
-        watcher.start()
-    complete = False
-    try:
-        stats = group.run()
-        complete = True
-    finally:
-        bars.close()
-        health.stop()
-        if sink is not None:
-            sink.close(complete=complete)
-        if video is not None:
-            video.close()
     if stats_out is not None:
         stats_out.put({cid: (s.frames, s.tracklets, s.fps, s.first_error) for cid, s in stats.items()})
     queue.close()

@@ -561,6 +561,29 @@ class Matcher:
         self.topology = topology
         self.threshold = threshold
 
+    def assign_by_closing_time(
+        self, batch: Sequence[TrackletEmbedding], *, window_s: float = 1.0
+    ) -> list[Assignment]:
+        """Assign a batch taken from the queue: tracklets are ordered by ``(end_time, key)`` and those closing
+        within ``window_s`` of the first of their group are assigned jointly (:meth:`assign`); later groups
+        see the identities earlier groups created, so two tracklets of one person that closed a while apart
+        in one queue batch can still be linked. Returns assignments in input order; the result does not
+        depend on the order the messages arrived in within the batch.
+        """
+        order = sorted(range(len(batch)), key=lambda i: (batch[i].end_time, batch[i].key))
+        out: list[Assignment | None] = [None] * len(batch)
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            t0 = batch[order[start]].end_time
+            while stop < len(order) and batch[order[stop]].end_time - t0 < window_s:
+                stop += 1
+            group = order[start:stop]
+            for i, a in zip(group, self.assign([batch[i] for i in group]), strict=True):
+                out[i] = a
+            start = stop
+        return out  # type: ignore[return-value]
+
     def assign(self, batch: Sequence[TrackletEmbedding]) -> list[Assignment]:
         """Assign a batch of tracklets that closed together; return one :class:`Assignment` per input, in order.
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 
 from pipeline.matcher import Gallery, Matcher, Topology
 from pipeline.messages import TrackletEmbedding
-from pipeline.queues import Message, Queue
-from pipeline.wire import WireError, decode_embedding
+from pipeline.queues import Message, Queue, decode_or_dead_letter
+from pipeline.wire import decode_embedding
 from storage import repository as repo
 from storage.db import Store
 
@@ -76,6 +76,8 @@ def run_matcher_worker(
                 break
             continue
         try:
+            if matcher is None:
+                matcher = make_matcher()
             assigned += handle_batch(queue, store, matcher, msgs, stream=stream, group=group)
         except Exception as exc:  # the database went away mid-batch: nothing was acknowledged, retry it
             log.warning(
@@ -87,6 +89,7 @@ def run_matcher_worker(
                 matcher = make_matcher()
             except Exception as again:
                 log.warning("cannot rebuild the gallery yet: %s", again)
+                matcher = None  # its gallery may be ahead of SQL: never match against it again
             retry_own = True
     return assigned
 
@@ -94,15 +97,22 @@ def run_matcher_worker(
 def handle_batch(
     queue: Queue, store: Store, matcher: Matcher, msgs: list[Message], *, stream: str, group: str
 ) -> int:
-    decoded: list[tuple[Message, TrackletEmbedding, str]] = []
-    for msg in msgs:
-        try:
-            e, session_key = decode_embedding(msg.payload)
-        except WireError as exc:
-            log.warning("embedding message %s dead-lettered: %s", msg.id, exc)
-            queue.dead_letter(stream, group, msg, str(exc))
-            continue
-        decoded.append((msg, e, session_key))
+    model, dim = matcher.gallery.model, matcher.gallery.dim
+
+    def decode(payload: bytes) -> tuple[TrackletEmbedding, str]:
+        # Matcher.assign rejects a whole batch for one such embedding; retried, its neighbours would end in
+        # the dead-letter stream with it. Refuse it alone, before anything is stored.
+        nonlocal model, dim
+        e, key = decode_embedding(payload)
+        model, dim = model or e.model, dim or int(e.embedding.shape[0])
+        if e.model != model or e.embedding.shape != (dim,):
+            raise ValueError(
+                f"embedding of model {e.model!r} with {e.embedding.shape[0]} values; the matcher compares "
+                f"{model!r} embeddings of {dim}"
+            )
+        return e, key
+
+    decoded = [(m, e, key) for m, (e, key) in decode_or_dead_letter(queue, stream, group, msgs, decode)]
     if not decoded:
         return 0
     now = datetime.now(UTC)
@@ -116,7 +126,7 @@ def handle_batch(
                 continue  # redelivered: already decided, change nothing
             seen.add(tid)
             fresh.append((tid, e))
-        assignments = matcher.assign([e for _, e in fresh]) if fresh else []
+        assignments = matcher.assign_by_closing_time([e for _, e in fresh]) if fresh else []
         touched = set()
         for (tid, _), a in zip(fresh, assignments, strict=True):
             repo.ensure_identity(s, a.identity_id, created_at=now)

@@ -203,14 +203,18 @@ class TrackletEmbedding:
     def __post_init__(self) -> None:
         emb = _column("TrackletEmbedding.embedding", self.embedding, np.float32, None)
         if emb.shape[0] == 0 or not np.isfinite(emb).all():
-            raise ValueError(f"TrackletEmbedding.embedding: expected a finite non-empty vector, got {emb.shape}")
+            raise ValueError(
+                f"TrackletEmbedding.embedding: expected a finite non-empty vector, got {emb.shape}"
+            )
         norm = float(np.linalg.norm(emb))
         if abs(norm - 1.0) > 1e-3:
             raise ValueError(f"TrackletEmbedding.embedding: expected unit L2 norm, got {norm:.4f}")
         object.__setattr__(self, "embedding", emb)
         vis = _column("TrackletEmbedding.part_visibility", self.part_visibility, np.float32, None)
         object.__setattr__(self, "part_visibility", vis)
-        object.__setattr__(self, "boxes", _column("TrackletEmbedding.boxes", self.boxes, np.float32, None, (4,)))
+        object.__setattr__(
+            self, "boxes", _column("TrackletEmbedding.boxes", self.boxes, np.float32, None, (4,))
+        )
         if self.end_time < self.start_time:
             raise ValueError(f"TrackletEmbedding {self.key}: end_time before start_time")
 

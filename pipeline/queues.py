@@ -1080,3 +1080,18 @@ def open_queue(
             broker.address, broker.authkey, maxlen=maxlen, max_deliveries=max_deliveries
         )
     return LocalQueue(maxlen=maxlen, max_deliveries=max_deliveries)
+
+
+def decode_or_dead_letter(
+    queue: Queue, stream: str, group: str, messages: Sequence[Message], decode: Callable[[bytes], T]
+) -> list[tuple[Message, T]]:
+    """Decode each message; one that ``decode`` rejects with a ``ValueError`` (``WireError`` is one) goes to the
+    dead-letter stream with the reason and is acknowledged there, so a worker keeps going past poison."""
+    good: list[tuple[Message, T]] = []
+    for msg in messages:
+        try:
+            good.append((msg, decode(msg.payload)))
+        except ValueError as exc:
+            log.warning("message %s on %s dead-lettered: %s", msg.id, stream, exc)
+            queue.dead_letter(stream, group, msg, str(exc))
+    return good

@@ -9,7 +9,6 @@ message it cannot decode goes to the dead-letter stream with the reason; the wor
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -21,10 +20,8 @@ from models.backbones import preprocess_crops
 from models.drsta import Embedder
 from models.sampling import restricted_random_sample
 from pipeline.messages import Tracklet, TrackletEmbedding
-from pipeline.queues import Message, Queue
-from pipeline.wire import WireError, decode_tracklet, encode_embedding
-
-log = logging.getLogger(__name__)
+from pipeline.queues import Message, Queue, decode_or_dead_letter
+from pipeline.wire import decode_tracklet, encode_embedding
 
 
 def part_visibility(temporal: np.ndarray) -> np.ndarray:
@@ -126,22 +123,22 @@ def run_reid_worker(
     return done
 
 
+def _decode_embeddable(payload: bytes) -> tuple[Tracklet, str]:
+    """``decode_tracklet``, also refusing a tracklet without crops: the encoder would fail its whole batch."""
+    t, session = decode_tracklet(payload)
+    if len(t) == 0:
+        raise ValueError(f"tracklet {t.key} has no crops to embed")
+    return t, session
+
+
 def _handle(
     queue: Queue, encoder: TrackletEncoder, batch: list[Message], stream_in, stream_out, group
 ) -> int:
-    decoded: list[tuple[Message, Tracklet, str]] = []
-    for msg in batch:
-        try:
-            t, session = decode_tracklet(msg.payload)
-        except WireError as exc:
-            log.warning("tracklet message %s dead-lettered: %s", msg.id, exc)
-            queue.dead_letter(stream_in, group, msg, str(exc))
-            continue
-        decoded.append((msg, t, session))
+    decoded = decode_or_dead_letter(queue, stream_in, group, batch, _decode_embeddable)
     if not decoded:
         return 0
-    embeddings = encoder.encode([t for _, t, _ in decoded])
-    for (_, _, session), e in zip(decoded, embeddings, strict=True):
+    embeddings = encoder.encode([t for _, (t, _) in decoded])
+    for (_, (_, session)), e in zip(decoded, embeddings, strict=True):
         queue.publish(stream_out, encode_embedding(e, session=session))
-    queue.ack(stream_in, group, [m.id for m, _, _ in decoded])  # only after the results are published
+    queue.ack(stream_in, group, [m.id for m, _ in decoded])  # only after the results are published
     return len(decoded)

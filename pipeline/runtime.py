@@ -123,55 +123,61 @@ class ProgressBars:
 def run_camera_stage(
     cfg: PipelineConfig,
     *,
-    out_dir: str | Path,
     detector: PersonDetector,
+    out_dir: str | Path | None = None,
     save_video: bool = False,
     only: Sequence[str] | None = None,
     on_tracklet: Callable[[Tracklet], None] | None = None,
     progress: bool | None = None,
-    stop_holder: list | None = None,
+    on_start: Callable[[CameraGroup], Callable[[], None] | None] | None = None,
 ) -> dict[str, CameraStats]:
-    """Replay or watch the cameras into ``out_dir``: MOT files, tracklet JSONL, optionally annotated video.
+    """Replay or watch the cameras; every closed tracklet goes to ``on_tracklet``.
 
-    ``stop_holder`` receives the running ``CameraGroup`` so a signal handler can call ``stop()``.
+    With ``out_dir``: MOT files and tracklet JSONL per camera (renamed into place only when the run ends
+    normally, Ctrl-C included), and annotated videos with ``save_video``. ``on_start(group)`` runs before the
+    first frame (to register a stop handler, start health reporting...) and may return a callable that runs
+    after the last one.
     """
     cameras = build_cameras(cfg, only=only)
-    out = Path(out_dir)
-    sink = TrackletFileSink(out, [c.camera_id for c in cameras])
+    sink = TrackletFileSink(out_dir, [c.camera_id for c in cameras]) if out_dir is not None else None
     video = None
-    if save_video:
+    if save_video and out_dir is not None:
         from pipeline.drawing import AnnotatedVideoWriter
 
-        video = AnnotatedVideoWriter(out, {c.camera_id: c.source.fps or 10.0 for c in cameras})
+        video = AnnotatedVideoWriter(out_dir, {c.camera_id: c.source.fps or 10.0 for c in cameras})
 
     def on_tracks(frame, dets, tracks):
-        sink.tracks(frame, dets, tracks)
+        if sink is not None:
+            sink.tracks(frame, dets, tracks)
         if video is not None:
             video.write(frame, tracks)
 
     def emit(t: Tracklet) -> None:
-        sink.tracklet(t)
         if on_tracklet is not None:
-            on_tracklet(t)
+            on_tracklet(t)  # published first: the file is a record of what was handed on
+        if sink is not None:
+            sink.tracklet(t)
 
     bars = ProgressBars(cameras, disable=None if progress is None else not progress)
     group = CameraGroup(
         cameras,
         detector.detect,
         batch=cfg.detector.batch,
-        on_tracks=on_tracks,
+        on_tracks=on_tracks if (sink or video) else None,
         on_tracklet=emit,
         on_frame_done=bars,
     )
-    if stop_holder is not None:
-        stop_holder.append(group)
+    on_end = on_start(group) if on_start is not None else None
     complete = False
     try:
         stats = group.run()
         complete = True
     finally:
         bars.close()
-        sink.close(complete=complete)
+        if on_end is not None:
+            on_end()
+        if sink is not None:
+            sink.close(complete=complete)
         if video is not None:
             with contextlib.suppress(Exception):
                 video.close()

@@ -506,3 +506,24 @@ def test_the_worked_example_of_docs_matcher_md():
     ]
     assert Span("hall", T0 + 50, T0 + 80) in m.gallery.sightings(2)
     assert m.gallery.sightings(3) == [Span("gate", T0 + 40, T0 + 70)]
+
+
+def test_closing_time_groups_let_later_tracklets_of_one_batch_link_to_earlier_ones():
+    from pipeline.matcher import Gallery, Matcher, Topology
+    from pipeline.messages import TrackletEmbedding
+
+    v = np.zeros(8, np.float32)
+    v[0] = 1.0
+
+    def emb(cam, track, start, end):
+        return TrackletEmbedding(cam, track, 0, 0, 1, start, end, 2, v, np.ones(2), "m")
+
+    batch = [emb("b", 2, 20.0, 30.0), emb("a", 1, 0.0, 10.0)]  # arrival order differs from closing order
+    m = Matcher(Gallery(), Topology(), threshold=0.5, model="m")
+    joint = m.assign([emb("x", 9, 0.0, 1.0), emb("y", 9, 5.0, 6.0)])
+    assert joint[0].identity_id != joint[1].identity_id  # one joint batch: both new, never linked
+    m2 = Matcher(Gallery(), Topology(), threshold=0.5, model="m")
+    a = m2.assign_by_closing_time(batch)
+    assert a[1].is_new and a[1].identity_id == 1  # "a" closed first
+    assert not a[0].is_new and a[0].identity_id == 1 and a[0].similarity == pytest.approx(1.0)
+    assert m2.assign_by_closing_time([]) == []
