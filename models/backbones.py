@@ -119,14 +119,14 @@ def _build_osnet_x0_25(
 ) -> OSNetBackbone:
     sha256 = weights_sha256
     if weights is None and pretrained:
-        from models.samples import resolve_sample
+        from models.samples import fetch_sample
 
         weights = shared_dir() / OSNET_X0_25_DEFAULT_WEIGHTS
         if not weights.is_file():
-            try:  # fetch the same file from its public source (sha256-checked, cached)
-                weights = Path(resolve_sample(REPO_ROOT.parent / "shared" / OSNET_X0_25_DEFAULT_WEIGHTS))
+            try:  # the same file from its public source (sha256-checked, cached)
+                weights = Path(fetch_sample(OSNET_X0_25_DEFAULT_WEIGHTS))
             except FileNotFoundError:
-                pass
+                weights = shared_dir() / OSNET_X0_25_DEFAULT_WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(
                 f"osnet_x0_25 pretrained weights not found at {weights} (no downloadable default is known); "

@@ -77,6 +77,12 @@ def resolve_sample(path: str | os.PathLike[str], *, cache_dir: Path | None = Non
     key = sample_key(p)
     if p.exists() or key is None:
         return str(path)
+    return fetch_sample(key, cache_dir=cache_dir, missing=str(path))
+
+
+def fetch_sample(key: str, *, cache_dir: Path | None = None, missing: str | None = None) -> str:
+    """The cached copy of sample ``key`` (a SAMPLES key), downloaded and sha256-checked on first use."""
+    path = missing or key
     root = (cache_dir or cache_dir_default() / "samples") / key
     entry = SAMPLES[key]
     try:
