@@ -1,8 +1,7 @@
 """PersonDetector on the shared offline OpenVINO YOLO11n and vtest.avi; failure modes without any network.
 
-The ``.pt`` route is checked for plumbing only, with an untrained YOLO11n built from ultralytics' own yaml.
-The ONNX route is not exercised with a real model: this machine has neither the ``onnx`` package (needed to
-write an export) nor ``onnxruntime`` (needed to run one), and the only trained YOLO weights are the OpenVINO IR.
+The ``.pt`` and ONNX routes are checked for plumbing only, with an untrained YOLO11n built from ultralytics'
+own yaml (and exported to ONNX by ultralytics): the only trained YOLO weights here are the OpenVINO IR.
 """
 
 from __future__ import annotations
@@ -111,6 +110,21 @@ def test_pytorch_weights_route_batches_dynamically(tmp_path):
     images = [np.full((288, 384, 3), v, np.uint8) for v in (0, 128, 255)]
     out = detector.detect(images)
     assert len(out) == 3 and all(isinstance(d, Detections) for d in out)
+    assert all(set(d.class_ids.tolist()) <= {0} for d in out)
+
+
+def test_onnx_export_route_runs(tmp_path, monkeypatch):
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    monkeypatch.chdir(tmp_path)  # the export is written next to the (yaml-built) model, i.e. here
+    onnx_path = YOLO("yolo11n.yaml", task="detect").export(
+        format="onnx", imgsz=320, dynamic=True, simplify=False
+    )
+    detector = PersonDetector(onnx_path, imgsz=320, device="cpu", batch=2)
+    assert detector.format == "onnx"
+    out = detector.detect([np.full((240, 320, 3), v, np.uint8) for v in (0, 200)])
+    assert len(out) == 2 and all(isinstance(d, Detections) for d in out)
     assert all(set(d.class_ids.tolist()) <= {0} for d in out)
 
 
