@@ -282,6 +282,9 @@ def run_full(args, cfg: PipelineConfig) -> int:
     queue.ensure_group(tracklets, "reid")
     queue.ensure_group(embeddings, "matcher")
 
+    # children inherit this before they import numpy: the matcher's matrix products are small, and on a
+    # small shared machine extra BLAS threads mostly wait for each other (bench/matcher_scale.py)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = mp.get_context("spawn")
     stop_cameras, reid_drain, matcher_drain, stop_all = (ctx.Event() for _ in range(4))
     stats_q = ctx.Queue()
