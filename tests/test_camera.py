@@ -155,3 +155,51 @@ def test_unreadable_video_is_refused_at_start(tmp_path):
         "--cameras", str(cfg), "--until", "tracklets", "--out", str(tmp_path / "o"), "--quiet", timeout=300
     )
     assert r.returncode == 2 and "cam1" in r.stderr.strip().splitlines()[-1]
+
+
+def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
+    from pipeline.app import HealthReporter
+    from storage import repository as repo
+    from storage.db import open_store
+    from storage.models import CameraRow
+
+    store = open_store(f"sqlite:///{tmp_path / 'h.db'}")
+    vtest = shared_path("data/vtest/vtest.avi")
+    cams = [
+        Camera(
+            "plaza",
+            open_source("plaza", str(vtest), max_frames=10),
+            build_tracker("bytetrack"),
+            TrackletBuilder("plaza"),
+        ),
+        Camera(
+            "door",
+            open_source(
+                "door", "http://user:pw123@127.0.0.1:9/s.ts", read_timeout_s=0.5, reconnect_initial_s=0.2
+            ),
+            build_tracker("bytetrack"),
+            TrackletBuilder("door"),
+        ),
+    ]
+    group = CameraGroup(cams, detector.detect, batch=2)
+    with store.session() as s:
+        for c in cams:
+            repo.upsert_camera(s, c.camera_id, "redacted", None)
+        s.commit()
+    reporter = HealthReporter(store, group, every_s=0.2)
+    reporter.start()
+    runner = threading.Thread(target=group.run, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while cams[0].stats.frames < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    group.stop()
+    runner.join(30)
+    reporter.stop()
+    with store.session(readonly=True) as s:
+        rows = {r.id: r for r in s.query(CameraRow).all()}
+    assert rows["plaza"].frames == 10 and rows["plaza"].last_frame_time is not None
+    assert rows["door"].connected is False and rows["door"].frames == 0 and rows["door"].last_error
+    assert "pw123" not in rows["door"].last_error
+    store.dispose()
