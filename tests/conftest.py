@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,6 +10,41 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REID_SHARED", REPO.parent / "shared"))
+REDIS_URL = os.environ.get("REID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("REID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@functools.cache
+def redis_unreachable() -> str | None:
+    """None when the test Redis answers a PING, else the reason (for pytest.skip)."""
+    import redis
+
+    from pipeline.queues import redact_url
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        client.ping()
+        return None
+    except redis.RedisError as err:
+        return f"Redis is not reachable at {redact_url(REDIS_URL)} ({type(err).__name__}: {err})"
+    finally:
+        client.close()
+
+
+@functools.cache
+def pg_unreachable() -> str | None:
+    """None when the test PostgreSQL accepts a connection, else the reason (for pytest.skip)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            return None
+    except sa.exc.OperationalError as e:
+        reason = " ".join(str(e.orig).split())
+        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({reason})"
+    finally:
+        engine.dispose()
 
 
 def shared_path(rel: str) -> Path:

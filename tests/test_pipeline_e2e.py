@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import uuid
@@ -12,15 +11,9 @@ import pytest
 
 from storage import repository as repo
 from storage.db import open_store
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, pg_unreachable, redis_unreachable, shared_path
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def reachable(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def demo_config(tmp_path, prefix: str = "reid") -> str:
@@ -101,10 +94,8 @@ def test_full_pipeline_embedded_queue_and_sqlite(tmp_path):
 
 @pytest.mark.slow
 def test_full_pipeline_redis_and_postgresql(tmp_path):
-    if not reachable(6379):
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-    if not reachable(5432):
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    if reason := redis_unreachable() or pg_unreachable():
+        pytest.skip(reason)
     import psycopg
 
     schema = f"e2e_{uuid.uuid4().hex[:10]}"

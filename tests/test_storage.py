@@ -7,9 +7,7 @@ dropped afterwards); the PostgreSQL cases skip, saying why, only when the server
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -33,9 +31,9 @@ from storage import queries
 from storage import repository as repo
 from storage.db import Store, StoreError, alembic_config, open_store, redact_text
 from storage.models import Base, CameraRow, EmbeddingRow, IdentityRow, SightingRow, TrackletRow, UTCDateTime
+from tests.conftest import PG_URL, pg_unreachable
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("REID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 TABLES = {"cameras", "camera_health_events", "tracklets", "identities", "sightings", "embeddings"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -56,19 +54,6 @@ class Target:
     schema: str | None
 
 
-@functools.cache
-def _pg_unreachable() -> str | None:
-    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            return None
-    except sa.exc.OperationalError as e:
-        reason = " ".join(str(e.orig).split())
-        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({reason})"
-    finally:
-        engine.dispose()
-
-
 def _pg_admin(sql: str) -> None:
     engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool)
     try:
@@ -83,7 +68,7 @@ def target(request, tmp_path):
     if request.param == "sqlite":
         yield Target(f"sqlite:///{tmp_path / 'store.db'}", None)
         return
-    if reason := _pg_unreachable():
+    if reason := pg_unreachable():
         pytest.skip(reason)
     schema = f"reid_test_{uuid.uuid4().hex[:16]}"
     _pg_admin(f'CREATE SCHEMA "{schema}"')
@@ -263,7 +248,7 @@ def test_concurrent_open_store_from_processes(target):
 
 
 def test_open_store_creates_a_missing_schema():
-    if reason := _pg_unreachable():
+    if reason := pg_unreachable():
         pytest.skip(reason)
     schema = f"reid_test_{uuid.uuid4().hex[:16]}"
     try:

@@ -14,7 +14,6 @@ SIGKILLed mid-message is completed by another one, exactly once in SQL.
 
 from __future__ import annotations
 
-import functools
 import multiprocessing
 import os
 import re
@@ -38,15 +37,13 @@ from sqlalchemy.orm import Session
 from pipeline.matcher import Gallery, Matcher, Topology
 from pipeline.matcher_worker import restore_matcher, run_matcher_worker
 from pipeline.messages import Tracklet, TrackletEmbedding
-from pipeline.queues import LocalBroker, LocalQueue, Queue, RedisQueue, redact_url, start_local_broker
+from pipeline.queues import LocalBroker, LocalQueue, Queue, RedisQueue, start_local_broker
 from pipeline.wire import decode_embedding, decode_tracklet, encode_embedding, encode_tracklet
 from storage import repository as repo
 from storage.db import Store, open_store
 from storage.models import SightingRow, TrackletRow
-from tests.conftest import shared_path
+from tests.conftest import PG_URL, REDIS_URL, pg_unreachable, redis_unreachable, shared_path
 
-REDIS_URL = os.environ.get("REID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_URL = os.environ.get("REID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000.0
 MODEL = "test-model@0123456789ab"
 DIM = 128
@@ -60,31 +57,6 @@ WORKER_TIMEOUT_S = 60.0
 
 # ----------------------------------------------------------------------------------------------------
 # Services
-
-
-@functools.cache
-def _redis_unreachable() -> str | None:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        client.ping()
-        return None
-    except redis.RedisError as err:
-        return f"Redis is not reachable at {redact_url(REDIS_URL)} ({type(err).__name__}: {err})"
-    finally:
-        client.close()
-
-
-@functools.cache
-def _pg_unreachable() -> str | None:
-    engine = sa.create_engine(PG_URL, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            return None
-    except sa.exc.OperationalError as e:
-        reason = " ".join(str(e.orig).split())
-        return f"PostgreSQL at {sa.make_url(PG_URL).render_as_string()} is unreachable ({reason})"
-    finally:
-        engine.dispose()
 
 
 def _pg_admin(sql: str, **params: object) -> None:
@@ -101,7 +73,7 @@ def names() -> Iterator[Callable[[str], str]]:
     """Unique stream/group names for one test; Redis keys under the prefix are deleted afterwards."""
     prefix = f"test-workers:{uuid.uuid4().hex}:"
     yield lambda name: prefix + name
-    if _redis_unreachable():
+    if redis_unreachable():
         return
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
     try:
@@ -122,7 +94,7 @@ def broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture(params=["local", "redis"])
 def queue_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis" and (reason := _redis_unreachable()):
+    if request.param == "redis" and (reason := redis_unreachable()):
         pytest.skip(reason)
     return request.param
 
@@ -146,7 +118,7 @@ def make_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[[], tuple[Store, Target]]]:
     """Factory of fresh, empty stores of the parametrized database: each call a new file or a new schema."""
-    if request.param == "postgresql" and (reason := _pg_unreachable()):
+    if request.param == "postgresql" and (reason := pg_unreachable()):
         pytest.skip(reason)
     stores: list[Store] = []
     schemas: list[str] = []
