@@ -178,7 +178,7 @@ def main(argv=None) -> int:
         samples: list[dict] = []
         t0 = time.perf_counter()
         # files, not pipes: nobody reads a pipe during the soak, and a full one would stall the run
-        out_f, err_f = open(tmp / "stdout.txt", "w"), open(tmp / "stderr.txt", "w")  # noqa: SIM115
+        out_f, err_f = open(tmp / "stdout.txt", "w"), open(tmp / "stderr.txt", "w")
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=out_f, stderr=err_f, text=True)
         proc = psutil.Process(child.pid)
         print(
