@@ -172,3 +172,68 @@ def test_ctrl_c_flushes_drains_and_leaves_a_consistent_store(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cameras"]["plaza"]["frames"] < 795  # really interrupted
     check_store(db, out)  # every tracklet closed by the flush is in SQL exactly once
+
+
+@pytest.mark.slow
+def test_worker_roles_against_one_redis_and_one_database(tmp_path):
+    """The multi-machine deployment on one machine: matcher, re-ID and camera roles as separate commands."""
+    import signal
+    import time
+
+    if reason := redis_unreachable():
+        pytest.skip(reason)
+    prefix = f"roles-{uuid.uuid4().hex[:8]}"
+    cfg = demo_config(tmp_path, prefix=prefix)
+    db = f"sqlite:///{tmp_path / 'roles.db'}"
+    common = ["--cameras", cfg, "--db", db, "--redis", "redis://127.0.0.1:6379/0", "--quiet"]
+
+    def start(role):
+        return subprocess.Popen(
+            [sys.executable, "run_pipeline.py", "worker", role, *common],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    servers = [start("matcher"), start("reid")]
+    try:
+        cam = subprocess.run(
+            [sys.executable, "run_pipeline.py", "worker", "camera", *common, "--max-frames", "50"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert cam.returncode == 0, cam.stderr[-3000:]
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        published = client.xlen(f"{prefix}:tracklets")
+        assert published > 0
+        store = open_store(db)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with store.session(readonly=True) as s:
+                if repo.counts(s)["sightings"] >= published:
+                    break
+            time.sleep(1)
+        with store.session(readonly=True) as s:
+            counts = repo.counts(s)
+        store.dispose()
+        assert counts["tracklets"] == counts["sightings"] == published
+        for p in servers:
+            assert p.poll() is None  # servers keep serving until told to stop
+            p.send_signal(signal.SIGTERM)
+        for p in servers:
+            p.wait(timeout=120)
+            assert p.returncode == 0, p.stderr.read()[-3000:]
+    finally:
+        for p in servers:
+            if p.poll() is None:
+                p.kill()
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=6379)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
