@@ -7,22 +7,23 @@ turn; copy k gets the ids ``<id>-k``, start times shifted by k hours, and the de
 copy), runs ``run_pipeline.py`` on it (embedded queue, a fresh SQLite file, ``--max-frames``) as a child
 process, and prints the per-camera fps of ``summary.json``.
 
-Delay. ``sightings.decided_at`` is the wall time the matcher decided a tracklet's identity (the tracklet
-row is written in the same transaction), but the pipeline does not record the wall time a tracklet
-*closed* in the camera worker. This bench estimates it from outside, without changing the pipeline: while
-the run goes on it polls the ``cameras`` table, where the camera worker's health reporter writes every
-2 s how many frames each source has read (``frames``) and when (``updated_at``). That gives, per camera,
-the wall time at which frame f was read (linear interpolation between reports). A tracklet closes at the
-frame ``last_frame + max_gap + 1`` (its track has been absent for more than ``max_gap`` frames), or when
-its camera's footage ends (flush), whichever is first; the reader thread reads up to ``READ_AHEAD`` frames
-ahead of the frame being processed, so the closing frame is processed when ``closing frame + 1 +
-READ_AHEAD`` frames have been read. delay = decided_at - that wall time. It covers publishing, the re-ID
-worker (batching wait + encoding), the embedding stream and the matcher's commit. Error: a few frames of
-the camera's processing time (health reports are 2 s apart; the read-ahead is the queue bound, exact only
-when the detector is the bottleneck, which it is on CPU). Tracklets closing before the first health
-report are left out (``delay_n`` says how many were measured). The exact figure needs one small
-pipeline change: a wall-clock ``closed_at`` set by the tracklet builder when it closes a piece, carried
-in the tracklet message and stored in ``tracklets``; then delay = decided_at - closed_at in SQL.
+Delay. ``sightings.decided_at`` is the wall time the matcher decided a tracklet's identity (the tracklet row
+is written in the same transaction), but the pipeline does not record the wall time a tracklet *closed* in the
+camera worker. This bench estimates it from outside, without changing the pipeline: while the run goes on it
+polls the ``cameras`` table, where the camera worker's health reporter writes every 2 s how many frames each
+source has read (``frames``) and when (``updated_at``). That gives, per camera, the wall time at which frame f
+was read (linear interpolation between reports). A tracklet closes at the frame ``last_frame + max_gap + 1``
+(its track has been absent for more than ``max_gap`` frames), or when its camera's footage ends (flush),
+whichever is first; the reader thread reads up to ``READ_AHEAD`` frames ahead of the frame being processed, so
+the closing frame is processed when ``closing frame + 1 + READ_AHEAD`` frames have been read; the last health
+report is written after the camera stage has ended (every camera flushed), which anchors the tracklets flushed
+at the end of the footage. delay = decided_at - that wall time. It covers publishing, the re-ID worker
+(batching wait + encoding), the embedding stream and the matcher's commit. Error: a few frames of the camera's
+processing time (health reports are 2 s apart; the read-ahead is the queue bound, exact only when the detector
+is the bottleneck, which it is on CPU). Tracklets closing before the first health report are left out
+(``delay_n`` says how many were measured). The exact figure needs one small pipeline change: a wall-clock
+``closed_at`` set by the tracklet builder when it closes a piece, carried in the tracklet message and stored
+in ``tracklets``; then delay = decided_at - closed_at in SQL.
 
 Last line: one JSON object with ``fps_per_camera_N`` (mean of the cameras' fps), ``delay_s_p50_N`` and
 ``delay_s_p95_N`` for each count N.
@@ -135,6 +136,24 @@ class HealthPoller(threading.Thread):
         self.engine.dispose()
 
 
+def processed_curve(by_time: dict[float, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(frames processed, wall time) points of one camera, strictly increasing in frames.
+
+    While the source is being read, processed = read - READ_AHEAD, taken at the first report of each count.
+    The last report is written after the camera stage ended (its camera flushed), when all n frames were
+    processed: the point (n, last wall time).
+    """
+    walls = sorted(by_time)
+    n = max(by_time.values())
+    first: dict[int, float] = {}
+    for w in walls:
+        first.setdefault(by_time[w], w)
+    pts = [(f - READ_AHEAD, w) for f, w in sorted(first.items()) if READ_AHEAD < f < n]
+    pts.append((n, walls[-1]))
+    done, at = np.array(pts, dtype=float).T
+    return done, at
+
+
 def closing_delays(db_url: str, reports: dict[str, dict[float, int]], *, max_gap: int) -> list[float]:
     """decided_at - estimated wall time of closing, in seconds, for every tracklet that can be placed."""
     engine = sa.create_engine(db_url)
@@ -144,21 +163,17 @@ def closing_delays(db_url: str, reports: dict[str, dict[float, int]], *, max_gap
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     engine.dispose()
-    curves = {}
-    for cid, by_time in reports.items():
-        walls = np.array(sorted(by_time))
-        frames = np.array([by_time[w] for w in walls], dtype=float)
-        curves[cid] = (np.maximum.accumulate(frames), walls)
+    curves = {cid: processed_curve(by_time) for cid, by_time in reports.items() if by_time}
     delays = []
     for cid, last_frame, decided_at in rows:
         if cid not in curves:
             continue
-        frames, walls = curves[cid]
-        closing = min(last_frame + max_gap + 1, frames[-1] - 1)  # or the flush at the end of the footage
-        read = min(closing + 1 + READ_AHEAD, frames[-1])
-        if read < frames[0]:
+        done, walls = curves[cid]
+        n = int(done[-1])
+        closing = min(last_frame + max_gap + 1, n - 1)  # absent for > max_gap frames, or the flush at the end
+        if closing + 1 < done[0]:
             continue  # before the first health report: no anchor
-        closed_wall = float(np.interp(read, frames, walls))
+        closed_wall = float(np.interp(closing + 1, done, walls))
         delays.append(decided_at.timestamp() - closed_wall)
     return delays
 
