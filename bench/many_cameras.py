@@ -154,8 +154,10 @@ def processed_curve(by_time: dict[float, int]) -> tuple[np.ndarray, np.ndarray]:
     return done, at
 
 
-def closing_delays(db_url: str, reports: dict[str, dict[float, int]], *, max_gap: int) -> list[float]:
-    """decided_at - estimated wall time of closing, in seconds, for every tracklet that can be placed."""
+def closing_delays(
+    db_url: str, reports: dict[str, dict[float, int]], *, max_gap: int
+) -> list[tuple[float, bool]]:
+    """(decided_at - estimated wall time of closing in s, closed by the final flush) per placeable tracklet."""
     engine = sa.create_engine(db_url)
     query = sa.select(TrackletRow.camera_id, TrackletRow.last_frame, SightingRow.decided_at).join(
         SightingRow, SightingRow.tracklet_id == TrackletRow.id
@@ -174,7 +176,7 @@ def closing_delays(db_url: str, reports: dict[str, dict[float, int]], *, max_gap
         if closing + 1 < done[0]:
             continue  # before the first health report: no anchor
         closed_wall = float(np.interp(closing + 1, done, walls))
-        delays.append(decided_at.timestamp() - closed_wall)
+        delays.append((decided_at.timestamp() - closed_wall, closing == n - 1))
     return delays
 
 
@@ -236,15 +238,17 @@ def main(argv=None) -> int:
             result[f"fps_total_{n}"] = round(sum(r["fps"].values()), 2)
             result[f"wall_s_{n}"] = r["wall_s"]
             result[f"peak_rss_mb_{n}"] = r["peak_rss_mb"]
-            d = np.array(r["delays"])
+            d = np.array([delay for delay, _ in r["delays"]])
             result[f"delay_n_{n}"] = int(d.size)
+            result[f"delay_n_flushed_{n}"] = sum(flushed for _, flushed in r["delays"])
             if d.size:
                 p50, p95 = np.percentile(d, [50, 95])
                 result[f"delay_s_p50_{n}"] = round(float(p50), 2)
                 result[f"delay_s_p95_{n}"] = round(float(p95), 2)
                 print(
                     f"  close -> identity in SQL: p50 {p50:.2f} s, p95 {p95:.2f} s, "
-                    f"max {d.max():.2f} s over {d.size} tracklets"
+                    f"max {d.max():.2f} s over {d.size} tracklets "
+                    f"({result[f'delay_n_flushed_{n}']} closed by the flush at the end)"
                 )
             else:
                 print("  close -> identity in SQL: no tracklet could be placed")

@@ -60,6 +60,35 @@ def model_name(checkpoint: Path) -> str:
     return f"{checkpoint.stem}@{h}"
 
 
+def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
+    """The run key stored with every tracklet (part of its natural key in SQL).
+
+    Replaying recorded footage is idempotent: when every camera of the run is a file or image folder, the
+    key is a digest of what determines the tracklets (camera ids, source files with size and modification
+    time, start times, fps, ROI, detector, tracker and tracklet settings, frame cap), so running the same
+    footage with the same settings again maps to the same rows and adds nothing. A run with a live camera
+    gets a fresh key (start time + random suffix): track ids restart with every worker start.
+    """
+    import json
+
+    cams = [c for c in cfg.enabled_cameras if only is None or c.id in only.split(",")]
+    if cams and all(c.source_kind in ("file", "images") for c in cams):
+        parts = []
+        for c in cams:
+            p = Path(c.source)
+            st = p.stat() if p.exists() else None
+            parts.append(
+                [c.id, str(p.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None,
+                 c.start_time.isoformat() if c.start_time else None, c.fps, c.roi]
+            )  # fmt: skip
+        d, t, tl = cfg.detector, cfg.tracker, cfg.tracklets
+        settings = [parts, [d.weights, d.imgsz, d.conf, d.iou, list(d.classes)], [t.name, t.params], vars(tl),
+                    cfg.replay.max_frames]  # fmt: skip
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        return f"replay-{digest[:16]}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
 def build_topology(cfg: PipelineConfig):
     from pipeline.matcher import Topology
 
@@ -268,7 +297,7 @@ def run_full(args, cfg: PipelineConfig) -> int:
     store = open_store(db_url)  # migrates once here, and fails fast on a bad URL
     broker = None if redis_url else start_local_broker()
     tracklets, embeddings = streams(cfg)
-    session_key = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    session_key = make_session_key(cfg, only=getattr(args, "only", None))
     wiring = Wiring(
         db_url,
         redis_url,
@@ -432,7 +461,7 @@ def run_role(args, cfg: PipelineConfig) -> int:
         raise ValueError("worker roles share work through Redis: give --redis URL or queue.redis_url")
     db_url = args.db or cfg.db.url
     tracklets, embeddings = streams(cfg)
-    session_key = args.session or f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    session_key = args.session or make_session_key(cfg, only=args.only)
     wiring = Wiring(db_url, redis_url, None, tracklets, embeddings, session_key, args.device)
     name = args.name or f"{args.role}-{socket.gethostname()}-{os.getpid()}"
     stop = threading.Event()
