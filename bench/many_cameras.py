@@ -49,6 +49,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.replay import tree_rss  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from storage.models import CameraRow, SightingRow, TrackletRow  # noqa: E402
 
@@ -93,16 +94,6 @@ def many_cameras_config(demo_yaml: Path, n: int) -> dict:
     raw["detector"]["weights"] = _absolute(raw["detector"]["weights"], base)
     raw.pop("db", None)  # --db is given on the command line
     return raw
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 class HealthPoller(threading.Thread):

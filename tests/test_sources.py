@@ -453,7 +453,10 @@ def test_live_stream_drops_when_slow_and_reconnects_after_server_restart(failure
         up = src.health
     assert up.connected and up.reconnects > before.reconnects
     start, end = up.outages[-1]
-    assert end is not None and start <= end and len(up.outages) == len(before.outages) + 1
+    # at least the outage we caused, recorded and closed (under load a reconnect can also hit the dying
+    # server once more and record a second, momentary outage)
+    assert end is not None and start <= end and len(up.outages) >= len(before.outages) + 1
+    assert all(e is not None for _, e in up.outages)
 
 
 def test_live_stream_max_frames_ends_iteration(stream_server):
