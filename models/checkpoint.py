@@ -15,7 +15,6 @@ The project's default checkpoint holds the head only: the backbone weights are t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ import torch
 
 from models.backbones import build_backbone
 from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
-from models.weights import load_state_dict_file
 
 FORMAT = "drsta-checkpoint/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +36,6 @@ DEFAULT_BACKBONE_SHA256 = "6f57607fed9f502b9efed546108132ee715df5a5b6e6932c6269b
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, not ours, or built for another architecture."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(
@@ -209,9 +199,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "load_avgpool_baseline",
     "load_drsta",
-    "load_state_dict_file",
     "read_checkpoint",
     "resolve_device",
     "save_checkpoint",
-    "sha256_file",
 ]

@@ -32,13 +32,14 @@ import yaml
 from tqdm import tqdm
 
 from models.backbones import build_backbone, preprocess_crops
-from models.checkpoint import read_checkpoint, resolve_device, save_checkpoint, sha256_file
+from models.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from models.datasets import PKSampler, TrackletDataset, TrackletRecord, get_reader, read_image_bgr, split_ids
 from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
 from models.losses import REGULARIZERS, build_id_loss, diversity_penalty
 from models.metrics import ReIDMetrics, evaluate_rank
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
+from models.weights import sha256_file
 
 PARTS = ("backbone", "spatial", "enhance", "temporal", "fc")
 

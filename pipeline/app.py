@@ -56,8 +56,9 @@ def streams(cfg: PipelineConfig) -> tuple[str, str]:
 
 def model_name(checkpoint: Path) -> str:
     """Embeddings are compared only when they come from the same model: name + content hash."""
-    h = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]
-    return f"{checkpoint.stem}@{h}"
+    from models.weights import sha256_file
+
+    return f"{checkpoint.stem}@{sha256_file(checkpoint)[:12]}"
 
 
 def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
