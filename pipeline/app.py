@@ -116,7 +116,7 @@ def camera_process(
     _child_setup(_in_child)
     from models.runtime import configure_torch
     from pipeline.runtime import build_detector, run_camera_stage
-    from pipeline.wire import encode_tracklet
+    from pipeline.wire import encode_progress, encode_tracklet
     from storage import repository as repo
     from storage.db import open_store
 
@@ -127,6 +127,10 @@ def camera_process(
 
     def publish(t):
         queue.publish(wiring.tracklet_stream, encode_tracklet(t, session=wiring.session_key))
+
+    # markers go straight to the matcher: it applies one only once the tracklets numbered before it arrived
+    def publish_progress(p):
+        queue.publish(wiring.embedding_stream, encode_progress(p, session=wiring.session_key))
 
     def on_start(group):
         with store.session() as s:
@@ -148,6 +152,7 @@ def camera_process(
         save_video=save_video,
         only=only,
         on_tracklet=publish,
+        on_progress=publish_progress,
         progress=progress,
         on_start=on_start,
     )

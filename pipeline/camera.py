@@ -6,12 +6,17 @@ then runs its own tracker and tracklet builder. Per camera, frames are processed
 replay gives the same tracks every time.
 
 Outputs go to ``sinks`` (callables): the MOT writer and the tracklet JSONL writer here, the queue publisher
-in the full pipeline.
+in the full pipeline. Every emitted tracklet carries its :class:`pipeline.messages.Order` (per-camera number
+and watermark), and ``on_progress`` receives each camera's :class:`pipeline.messages.Progress` marker about
+once a second and once more, final, when the camera ends: together they let the matcher decide in an order
+that does not depend on timing (docs/matcher.md, "Order").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import queue
 import threading
 import time
@@ -22,9 +27,9 @@ from typing import TextIO
 
 import numpy as np
 
-from pipeline.messages import Detections, Frame, Tracklet, Tracks
+from pipeline.messages import Detections, Frame, Order, Progress, Tracklet, Tracks
 from pipeline.mot_io import append_mot_rows, tracklet_to_json
-from pipeline.sources import FrameSource, SourceHealth
+from pipeline.sources import FrameSource, LiveStreamSource, SourceHealth
 from pipeline.tracklets import TrackletBuilder
 from trackers import Tracker
 
@@ -55,6 +60,9 @@ class Camera:
     tracker: Tracker
     builder: TrackletBuilder
     stats: CameraStats = field(default_factory=CameraStats)
+    published: int = 0  # tracklets numbered so far (the next Order.seq)
+    markers: int = 0  # progress markers sent so far (the next Progress.n)
+    last_marker: float = -math.inf  # monotonic time of the last progress marker
 
 
 class _Reader(threading.Thread):
@@ -102,6 +110,8 @@ class CameraGroup:
         on_tracks: Callable[[Frame, Detections, Tracks], None] | None = None,
         on_tracklet: Callable[[Tracklet], None] | None = None,
         on_frame_done: Callable[[str], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_every_s: float = 1.0,
         queue_size: int = 4,
     ):
         if not cameras:
@@ -112,6 +122,8 @@ class CameraGroup:
         self.on_tracks = on_tracks
         self.on_tracklet = on_tracklet
         self.on_frame_done = on_frame_done
+        self.on_progress = on_progress
+        self.progress_every_s = progress_every_s
         self._stop = threading.Event()
         self._readers = [_Reader(c, queue_size, self._stop) for c in self.cameras]
 
@@ -148,6 +160,7 @@ class CameraGroup:
                 for r in ended:
                     active.remove(r)
                     self._finish(r.cam, t0)
+                self._progress(active)
                 if not picked:
                     if active:
                         self._wait_any(active)
@@ -184,8 +197,36 @@ class CameraGroup:
 
     def _emit(self, cam: Camera, t: Tracklet) -> None:
         cam.stats.tracklets += 1
+        t = dataclasses.replace(t, order=Order(cam.published, cam.builder.watermark, time.time()))
+        cam.published += 1
         if self.on_tracklet is not None:
             self.on_tracklet(t)
+
+    def _progress(self, active: list[_Reader]) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        for r in active:
+            if now - r.cam.last_marker >= self.progress_every_s:
+                self._marker(r.cam)
+
+    def _marker(self, cam: Camera, *, final: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        # a live source that is down delivers nothing: the matcher should not wait for it meanwhile
+        idle = isinstance(cam.source, LiveStreamSource) and not cam.source.health.connected
+        marker = Progress(
+            cam.camera_id,
+            cam.published - 1,
+            cam.builder.watermark,
+            cam.markers,
+            idle=idle and not final,
+            final=final,
+            published_at=time.time(),
+        )
+        cam.markers += 1
+        cam.last_marker = time.monotonic()
+        self.on_progress(marker)
 
     def _finish(self, cam: Camera, t0: float) -> None:
         if cam.stats.wall_s:
@@ -193,6 +234,7 @@ class CameraGroup:
         for t in cam.builder.flush():
             self._emit(cam, t)
         cam.stats.wall_s = time.perf_counter() - t0
+        self._marker(cam, final=True)
 
 
 class TrackletFileSink:

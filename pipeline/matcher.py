@@ -401,13 +401,17 @@ class Gallery:
         next_id: int = 1,
         model: str | None = None,
     ) -> Gallery:
-        """Rebuild a gallery from stored ``(identity_id, camera_id, start, end, vector)`` rows (any order).
+        """Rebuild a gallery from stored ``(identity_id, camera_id, start, end, vector[, track])`` rows (any order).
 
-        Rows are replayed by ``(end, start, identity_id)``, each identity created from its earliest row, the
-        others added as :meth:`add` does; so prototypes and sightings come out as a live gallery fed in time
-        order would have them. ``next_id`` becomes ``max(next_id, largest id + 1)``. The track map is not
-        stored, so the next chunk of a track that was open at the restart is matched by appearance.
-        Raises ValueError naming the row index for a malformed row.
+        ``track``, when every row has it, is ``(track_id, chunk, run)``: ``run`` names the camera worker run
+        (its session key). Rows are replayed by ``(end, camera_id, track_id, chunk)`` -- the order a live
+        matcher decides in -- (without ``track``: by ``(end, start, identity_id)``), each identity created
+        from its earliest row, the others added as :meth:`add` does; so prototypes and sightings come out as
+        the live gallery had them. With ``track`` the chunks of one run merge into one sighting, and the track
+        map remembers each ``(camera_id, track_id)``'s latest run, so the next chunk of a track that was open
+        at a restart continues its identity as it would have without the restart.
+        ``next_id`` becomes ``max(next_id, largest id + 1)``. Raises ValueError naming the row index for a
+        malformed row.
         """
         gallery = cls(
             max_prototypes=max_prototypes,
@@ -416,13 +420,15 @@ class Gallery:
             next_id=next_id,
             model=model,
         )
-        parsed: list[tuple[int, Span, np.ndarray]] = []
+        parsed: list[tuple[int, Span, np.ndarray, tuple[int, int, object] | None]] = []
         for i, row in enumerate(rows):
             try:
-                identity_id, camera_id, start, end, vector = row
+                identity_id, camera_id, start, end, vector, *rest = row
+                if len(rest) > 1:
+                    raise ValueError
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"rows[{i}]: expected (identity_id, camera_id, start, end, vector), got {row!r}"
+                    f"rows[{i}]: expected (identity_id, camera_id, start, end, vector[, track]), got {row!r}"
                 ) from None
             if isinstance(identity_id, bool) or not isinstance(identity_id, int | np.integer):
                 raise ValueError(f"rows[{i}]: identity_id must be an integer, got {identity_id!r}")
@@ -431,23 +437,73 @@ class Gallery:
             start, end = float(start), float(end)  # type: ignore[arg-type]
             if not (math.isfinite(start) and math.isfinite(end) and start <= end):
                 raise ValueError(f"rows[{i}]: expected finite start <= end, got ({start}, {end})")
+            track = None
+            if rest:
+                try:
+                    track_id, chunk, run = rest[0]
+                    track = (int(track_id), int(chunk), run)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"rows[{i}]: track must be (track_id, chunk, run), got {rest[0]!r}"
+                    ) from None
             vec = _unit(vector, f"rows[{i}].vector", parsed[0][2].shape[0] if parsed else None)
-            parsed.append((int(identity_id), Span(camera_id, start, end), vec))
-        order = sorted(
-            range(len(parsed)), key=lambda i: (parsed[i][1].end, parsed[i][1].start, parsed[i][0], i)
-        )
+            parsed.append((int(identity_id), Span(camera_id, start, end), vec, track))
+        with_tracks = bool(parsed) and all(p[3] is not None for p in parsed)
+
+        def order_key(i: int) -> tuple:
+            ident, span, _, track = parsed[i]
+            if with_tracks:
+                assert track is not None
+                return (span.end, span.camera_id, track[0], track[1], i)
+            return (span.end, span.start, ident, i)
+
+        order = sorted(range(len(parsed)), key=order_key)
         first: dict[int, int] = {}
         for i in order:
             first.setdefault(parsed[i][0], i)
+        tokens: dict[tuple[str, int, object], int] = {}
+        runs: dict[tuple[str, int, object], list[int]] = {}
+
+        def token_of(i: int) -> int:
+            track = parsed[i][3]
+            if not with_tracks or track is None:
+                return -1
+            run = (parsed[i][1].camera_id, track[0], track[2])
+            runs.setdefault(run, []).append(i)
+            if run not in tokens:
+                tokens[run] = gallery._new_token()
+            return tokens[run]
+
+        row_token = {i: token_of(i) for i in order}
         for identity_id in sorted(first):  # slots in increasing id order, as live creation makes them
-            _, span, vec = parsed[first[identity_id]]
-            gallery._create(vec, span, -1, identity_id=identity_id)
+            i = first[identity_id]
+            gallery._create(parsed[i][2], parsed[i][1], row_token[i], identity_id=identity_id)
         for i in order:
             if first[parsed[i][0]] != i:
-                identity_id, span, vec = parsed[i]
-                gallery._add(gallery._slot_of[identity_id], vec, span, -1)
+                identity_id, span, vec, _ = parsed[i]
+                gallery._add(gallery._slot_of[identity_id], vec, span, row_token[i])
         if first:
             gallery._next_id = max(next_id, max(first) + 1)
+        latest: dict[tuple[str, int], tuple[float, tuple[str, int, object]]] = {}
+        for run, members in runs.items():  # each track's latest run, remembered oldest first
+            end = max(parsed[i][1].end for i in members)
+            key = (run[0], run[1])
+            if key not in latest or end >= latest[key][0]:
+                latest[key] = (end, run)
+        for key, (_, run) in sorted(latest.items(), key=lambda kv: kv[1][0]):
+            members = runs[run]
+            chunks = [parsed[i][3][1] for i in members]  # type: ignore[index]
+            gallery._remember_track(
+                key,
+                _TrackEntry(
+                    parsed[members[0]][0],
+                    tokens[run],
+                    min(chunks),
+                    max(chunks),
+                    min(parsed[i][1].start for i in members),
+                    max(parsed[i][1].end for i in members),
+                ),
+            )
         return gallery
 
     # -- internals (the Matcher in this module uses them too) ----------------------------------------

@@ -1,10 +1,12 @@
 """The matcher worker: embeddings in, identities and sightings in SQL out. Exactly one runs per deployment.
 
-Per batch: decode (malformed -> dead-letter stream, keep going); in ONE transaction store each tracklet and
-its embedding (idempotent on the natural key), skip the tracklets that already have a sighting (a
-redelivered message changes nothing), assign the rest jointly with :class:`pipeline.matcher.Matcher`, store
-identities and sightings; commit; only then acknowledge the messages. If the commit fails the in-memory
-gallery may be ahead of SQL, so it is rebuilt from SQL and the messages are retried.
+Messages are decoded (malformed -> dead-letter stream, keep going) and handed to the ordered intake
+(:mod:`pipeline.ordering`), which releases closing-time buckets once nothing can still join them. Per release,
+in ONE transaction: store each tracklet and its embedding (idempotent on the natural key), skip the tracklets
+that already have a sighting (a redelivered message changes nothing), assign each bucket jointly with
+:class:`pipeline.matcher.Matcher`, store identities, sightings and the intake's progress; commit; only then
+acknowledge the messages. If the commit fails the in-memory gallery may be ahead of SQL, so the gallery and
+the intake are rebuilt from SQL and the held messages offered again.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pipeline.matcher import Gallery, Matcher, Topology
-from pipeline.messages import TrackletEmbedding
+from pipeline.messages import Progress, TrackletEmbedding
+from pipeline.ordering import Held, OrderedIntake, Release
 from pipeline.queues import Message, Queue, decode_or_dead_letter
-from pipeline.wire import decode_embedding
+from pipeline.wire import decode_matcher_input
 from storage import repository as repo
 from storage.db import Store
 
 log = logging.getLogger(__name__)
+
+_TAKEOVER_MAX = 100_000  # messages a starting matcher takes over at once (one reclaim: reclaiming again
+# with no idle time would hand the same messages out again and count them towards max_deliveries)
 
 
 def restore_matcher(
@@ -31,7 +37,14 @@ def restore_matcher(
     """A matcher whose gallery holds every identity already in SQL for ``model``."""
     with store.session(readonly=True) as s:
         rows = [
-            (g.identity_id, g.camera_id, g.start_time, g.end_time, g.vector)
+            (
+                g.identity_id,
+                g.camera_id,
+                g.start_time,
+                g.end_time,
+                g.vector,
+                (g.track_id, g.chunk, g.session_key),
+            )
             for g in repo.load_gallery(s, model)
         ]
         next_id = repo.max_identity_id(s) + 1
@@ -49,91 +62,145 @@ def run_matcher_worker(
     consumer: str = "matcher-1",
     batch_size: int = 32,
     block_ms: int = 500,
-    reclaim_idle_ms: int = 30_000,
     stop: threading.Event | None = None,
     drain: threading.Event | None = None,
     retry_s: float = 1.0,
+    window_s: float = 1.0,
+    max_wait_s: float = 60.0,
+    expect: tuple[str, list[str]] | None = None,
 ) -> int:
-    """Serve until ``stop``, or until ``drain`` is set and the stream has no lag. Returns tracklets assigned."""
+    """Serve until ``stop``, or until ``drain`` is set and the stream has no lag. Returns tracklets assigned.
+
+    At start it takes over every message still pending in ``group`` (exactly one matcher runs, so those
+    belong to a predecessor that died) before reading anything new; embeddings are decided in the order of :class:`pipeline.ordering.OrderedIntake` (``window_s``, ``max_wait_s``).
+    ``expect=(session, camera_ids)``: the streams of this run, waited for before they say anything. When a
+    transaction fails, SQL stays the truth: the gallery and the intake are rebuilt from it and every message
+    still held is offered again (nothing is read twice from the queue, so nothing nears ``max_deliveries``).
+    """
     queue.ensure_group(stream, group)
-    matcher = make_matcher()
+    held: dict[str, Message] = {}  # every message read and not yet acknowledged, in arrival order
+    matcher: Matcher | None = None
+    intake: OrderedIntake | None = None
+    decode = _decoder()
     assigned = 0
-    last_reclaim = 0.0
-    retry_own = False
+    started = False
     while not (stop is not None and stop.is_set()):
+        if matcher is None or intake is None:
+            try:
+                matcher = make_matcher()
+                intake = _restore_intake(store, window_s=window_s, max_wait_s=max_wait_s)
+            except Exception as exc:
+                log.warning("cannot rebuild the matcher's state from SQL yet: %s", exc)
+                matcher = intake = None
+                time.sleep(retry_s)
+                continue
+            if expect is not None:
+                intake.expect(*expect)
+            decode = _decoder(matcher)
+            for m in list(held.values()):
+                _offer(queue, intake, m, decode, stream, group, held)
         msgs: list[Message] = []
-        now = time.monotonic()
-        if retry_own or now - last_reclaim > reclaim_idle_ms / 1000 / 2:
-            idle = 0 if retry_own else reclaim_idle_ms
-            msgs.extend(queue.reclaim(stream, group, consumer, min_idle_ms=idle, count=batch_size))
-            last_reclaim, retry_own = now, False
-        if len(msgs) < batch_size:
-            msgs.extend(
-                queue.consume(stream, group, consumer, count=batch_size - len(msgs), block_ms=block_ms)
-            )
+        if not started:  # take over a dead predecessor's messages before reading anything new
+            msgs = queue.reclaim(stream, group, consumer, min_idle_ms=0, count=_TAKEOVER_MAX)
+            started = True
         if not msgs:
-            if drain is not None and drain.is_set() and queue.lag(stream, group) == 0:
+            msgs = queue.consume(stream, group, consumer, count=batch_size, block_ms=block_ms)
+        for m in msgs:
+            if m.id not in held:
+                held[m.id] = m
+                _offer(queue, intake, m, decode, stream, group, held)
+        release = intake.release()
+        if not release:
+            if not msgs and drain is not None and drain.is_set() and queue.lag(stream, group) == 0:
                 break
             continue
         try:
-            if matcher is None:
-                matcher = make_matcher()
-            assigned += handle_batch(queue, store, matcher, msgs, stream=stream, group=group)
+            assigned += _commit(store, matcher, release)
         except Exception as exc:  # the database went away mid-batch: nothing was acknowledged, retry it
             log.warning(
-                "matcher batch failed (%s: %s); rebuilding the gallery and retrying", type(exc).__name__, exc
+                "matcher transaction failed (%s: %s); rebuilding the gallery from SQL and retrying",
+                type(exc).__name__,
+                exc,
             )
             time.sleep(retry_s)
             store.dispose()
-            try:
-                matcher = make_matcher()
-            except Exception as again:
-                log.warning("cannot rebuild the gallery yet: %s", again)
-                matcher = None  # its gallery may be ahead of SQL: never match against it again
-            retry_own = True
+            matcher = intake = None  # their state may be ahead of SQL: never decide with it again
+            continue
+        queue.ack(stream, group, release.ack)  # only after the commit
+        for msg_id in release.ack:
+            held.pop(msg_id, None)
     return assigned
 
 
-def handle_batch(
-    queue: Queue, store: Store, matcher: Matcher, msgs: list[Message], *, stream: str, group: str
-) -> int:
-    model, dim = matcher.gallery.model, matcher.gallery.dim
+def _restore_intake(store: Store, *, window_s: float, max_wait_s: float) -> OrderedIntake:
+    intake = OrderedIntake(window_s=window_s, max_wait_s=max_wait_s)
+    with store.session(readonly=True) as s:
+        intake.load(repo.load_progress(s))
+    return intake
 
-    def decode(payload: bytes) -> tuple[TrackletEmbedding, str]:
+
+def _decoder(matcher: Matcher | None = None) -> Callable[[bytes], tuple[TrackletEmbedding | Progress, str]]:
+    model = matcher.gallery.model if matcher is not None else None
+    dim = matcher.gallery.dim if matcher is not None else None
+
+    def decode(payload: bytes) -> tuple[TrackletEmbedding | Progress, str]:
         # Matcher.assign rejects a whole batch for one such embedding; retried, its neighbours would end in
         # the dead-letter stream with it. Refuse it alone, before anything is stored.
         nonlocal model, dim
-        e, key = decode_embedding(payload)
-        model, dim = model or e.model, dim or int(e.embedding.shape[0])
-        if e.model != model or e.embedding.shape != (dim,):
+        item, session = decode_matcher_input(payload)
+        if isinstance(item, Progress):
+            return item, session
+        model, dim = model or item.model, dim or int(item.embedding.shape[0])
+        if item.model != model or item.embedding.shape != (dim,):
             raise ValueError(
-                f"embedding of model {e.model!r} with {e.embedding.shape[0]} values; the matcher compares "
+                f"embedding of model {item.model!r} with {item.embedding.shape[0]} values; the matcher compares "
                 f"{model!r} embeddings of {dim}"
             )
-        return e, key
+        return item, session
 
-    decoded = [(m, e, key) for m, (e, key) in decode_or_dead_letter(queue, stream, group, msgs, decode)]
+    return decode
+
+
+def _offer(queue: Queue, intake: OrderedIntake, m: Message, decode, stream: str, group: str, held) -> None:
+    decoded = decode_or_dead_letter(queue, stream, group, [m], decode)
     if not decoded:
-        return 0
+        held.pop(m.id, None)  # moved to the dead-letter stream (which acknowledges it)
+        return
+    _, (item, session) = decoded[0]
+    intake.offer(m.id, item, session)
+
+
+def _commit(store: Store, matcher: Matcher, release: Release) -> int:
+    """One transaction: store the released tracklets and embeddings, decide them, save the progress."""
     now = datetime.now(UTC)
+    assigned = 0
     with store.session() as s:
-        fresh: list[tuple[int, TrackletEmbedding]] = []
-        seen: set[int] = set()
-        for _, e, session_key in decoded:
-            tid = repo.add_tracklet_from(s, e, session_key=session_key)
-            repo.add_embedding(s, tid, model=e.model, vector=e.embedding, part_visibility=e.part_visibility)
-            if tid in seen or repo.sighting_of(s, tid) is not None:
-                continue  # redelivered: already decided, change nothing
-            seen.add(tid)
-            fresh.append((tid, e))
-        assignments = matcher.assign_by_closing_time([e for _, e in fresh]) if fresh else []
-        touched = set()
-        for (tid, _), a in zip(fresh, assignments, strict=True):
-            repo.ensure_identity(s, a.identity_id, created_at=now)
-            repo.add_sighting(s, tid, a.identity_id, a.similarity, now)
-            touched.add(a.identity_id)
+        touched: set[int] = set()
+        groups: list[tuple[list[Held], bool]] = [(b, True) for b in release.buckets]
+        if release.unordered:
+            groups.append((release.unordered, False))
+        for items, ordered in groups:
+            fresh: list[tuple[int, TrackletEmbedding]] = []
+            for h in items:
+                e = h.embedding
+                tid = repo.add_tracklet_from(s, e, session_key=h.session)
+                repo.add_embedding(
+                    s, tid, model=e.model, vector=e.embedding, part_visibility=e.part_visibility
+                )
+                if repo.sighting_of(s, tid) is not None:
+                    continue  # redelivered: already decided, change nothing
+                fresh.append((tid, e))
+            if not fresh:
+                continue
+            batch = [e for _, e in fresh]
+            assignments = matcher.assign(batch) if ordered else matcher.assign_by_closing_time(batch)
+            for (tid, _), a in zip(fresh, assignments, strict=True):
+                repo.ensure_identity(s, a.identity_id, created_at=now)
+                repo.add_sighting(s, tid, a.identity_id, a.similarity, now)
+                touched.add(a.identity_id)
+            assigned += len(fresh)
         for identity_id in sorted(touched):
             repo.update_identity_stats(s, identity_id)
+        repo.save_progress(s, release.progress, now=now)
         s.commit()
-    queue.ack(stream, group, [m.id for m, _, _ in decoded])  # only after the commit
-    return len(fresh)
+    return assigned

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Frame", "Detections", "Tracks", "Tracklet", "TrackletEmbedding"]
+__all__ = ["Frame", "Detections", "Tracks", "Tracklet", "TrackletEmbedding", "Order", "Progress"]
 
 
 def _column(name: str, value, dtype, n: int | None, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -126,6 +126,59 @@ class Tracks:
 
 
 @dataclass(frozen=True)
+class Order:
+    """Where a published tracklet stands in its camera's output, so the matcher can decide in a fixed order.
+
+    ``seq`` numbers the tracklets one camera worker publishes in one run (0, 1, 2, ...); ``watermark`` is a
+    lower bound, in POSIX seconds, on the ``end_time`` of every tracklet that camera publishes after this one
+    (``-inf`` before its first frame); ``published_at`` is the wall-clock POSIX time of publishing (for
+    measuring the delay to SQL). The re-ID worker copies it from the tracklet to its embedding.
+    """
+
+    seq: int
+    watermark: float
+    published_at: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int | np.integer) or self.seq < 0:
+            raise ValueError(f"Order.seq: expected an int >= 0, got {self.seq!r}")
+        if np.isnan(self.watermark) or self.watermark == np.inf or not np.isfinite(self.published_at):
+            raise ValueError(
+                f"Order: expected a watermark below +inf and a finite published_at, got "
+                f"{self.watermark!r}, {self.published_at!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A camera worker's progress marker, published beside its tracklets (docs/matcher.md, "Order").
+
+    After the tracklets numbered up to ``last_seq`` (-1: none yet), every tracklet this camera publishes ends
+    at or after ``watermark``. ``idle``: the source is not delivering frames (a live stream that is down), so
+    the matcher need not wait for it; ``final``: the camera has ended and publishes nothing more. ``n`` counts
+    this camera's markers (0, 1, ...), so a later marker is known to be later.
+    """
+
+    camera_id: str
+    last_seq: int
+    watermark: float
+    n: int
+    idle: bool = False
+    final: bool = False
+    published_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.camera_id, str) or not self.camera_id:
+            raise ValueError(f"Progress.camera_id: expected a non-empty str, got {self.camera_id!r}")
+        for name, low in (("last_seq", -1), ("n", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise ValueError(f"Progress.{name}: expected an int >= {low}, got {v!r}")
+        if np.isnan(self.watermark) or self.watermark == np.inf:
+            raise ValueError(f"Progress.watermark: expected a number below +inf, got {self.watermark!r}")
+
+
+@dataclass(frozen=True)
 class Tracklet:
     """A closed piece of one track in one camera, ready for re-ID.
 
@@ -133,7 +186,8 @@ class Tracklet:
     per-crop columns ``frame_indices``, ``timestamps``, ``boxes`` (T, 4) xyxy and ``scores`` describe each
     kept crop. ``first_frame``/``last_frame`` and ``start_time``/``end_time`` span the whole observed
     track piece, which may be longer than the kept crops; ``num_frames`` counts every frame observed.
-    The natural key is ``(camera_id, track_id, chunk)``.
+    The natural key is ``(camera_id, track_id, chunk)``. ``order`` is set by the camera worker when it
+    publishes the tracklet.
     """
 
     camera_id: str
@@ -149,6 +203,7 @@ class Tracklet:
     boxes: np.ndarray
     scores: np.ndarray
     crops: np.ndarray = field(repr=False)
+    order: Order | None = None
 
     def __post_init__(self) -> None:
         idx = _column("Tracklet.frame_indices", self.frame_indices, np.int64, None)
@@ -184,7 +239,7 @@ class TrackletEmbedding:
     attention: for each of the K parts, the share of the N sampled frames whose temporal weight for that
     part was at least half the uniform weight (1 = usable in every frame). ``model`` names the
     checkpoint that made the embedding, so embeddings of different models are never compared.
-    The natural key is ``(camera_id, track_id, chunk)``, as for the tracklet.
+    The natural key is ``(camera_id, track_id, chunk)``, as for the tracklet; ``order`` is the tracklet's.
     """
 
     camera_id: str
@@ -199,6 +254,7 @@ class TrackletEmbedding:
     part_visibility: np.ndarray
     model: str
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)
+    order: Order | None = None
 
     def __post_init__(self) -> None:
         emb = _column("TrackletEmbedding.embedding", self.embedding, np.float32, None)

@@ -68,6 +68,7 @@ class TrackletEncoder:
                 part_visibility=part_visibility(temporal[i]),
                 model=self.model_name,
                 boxes=t.boxes,
+                order=t.order,
             )
             for i, t in enumerate(tracklets)
         ]

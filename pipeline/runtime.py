@@ -16,7 +16,7 @@ from models.samples import resolve_sample
 from pipeline.camera import Camera, CameraGroup, CameraStats, TrackletFileSink
 from pipeline.config import PipelineConfig
 from pipeline.detector import PersonDetector
-from pipeline.messages import Tracklet
+from pipeline.messages import Progress, Tracklet
 from pipeline.sources import open_source
 from pipeline.tracklets import TrackletBuilder
 from trackers import build_tracker
@@ -128,6 +128,7 @@ def run_camera_stage(
     save_video: bool = False,
     only: Sequence[str] | None = None,
     on_tracklet: Callable[[Tracklet], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     progress: bool | None = None,
     on_start: Callable[[CameraGroup], Callable[[], None] | None] | None = None,
 ) -> dict[str, CameraStats]:
@@ -136,7 +137,7 @@ def run_camera_stage(
     With ``out_dir``: MOT files and tracklet JSONL per camera (renamed into place only when the run ends
     normally, Ctrl-C included), and annotated videos with ``save_video``. ``on_start(group)`` runs before the
     first frame (to register a stop handler, start health reporting...) and may return a callable that runs
-    after the last one.
+    after the last one. ``on_progress`` receives the cameras' progress markers (see :class:`CameraGroup`).
     """
     cameras = build_cameras(cfg, only=only)
     sink = TrackletFileSink(out_dir, [c.camera_id for c in cameras]) if out_dir is not None else None
@@ -166,6 +167,7 @@ def run_camera_stage(
         on_tracks=on_tracks if (sink or video) else None,
         on_tracklet=emit,
         on_frame_done=bars,
+        on_progress=on_progress,
     )
     on_end = on_start(group) if on_start is not None else None
     complete = False

@@ -197,6 +197,7 @@ class TrackletBuilder:
         # track id -> (next chunk number, frame index at which its last piece closed), oldest close first
         self._retired: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._last_index: int | None = None
+        self._last_time: float | None = None
         self._stats = _Stats()
         self.last_close_reasons: dict[tuple[str, int, int], str] = {}
 
@@ -220,6 +221,7 @@ class TrackletBuilder:
             raise ValueError(f"Tracks.track_ids: expected unique ids, got {ids.tolist()}")
         self._last_index = f
         ts = float(frame.timestamp)
+        self._last_time = ts
         closed: list[tuple[_Piece, str]] = []
         for i in range(len(tracks)):
             tid = int(ids[i])
@@ -259,6 +261,18 @@ class TrackletBuilder:
             "closed_by": dict(s.closed_by),
             "crops_rejected": dict(s.rejected),
         }
+
+    @property
+    def watermark(self) -> float:
+        """A lower bound on the ``end_time`` of every tracklet this builder emits from now on (POSIX s).
+
+        Open pieces end no earlier than they were last seen, and pieces opened later start at a later frame:
+        so the least of the last frame's timestamp and the open pieces' end times. ``-inf`` before the first
+        frame. (A live clock that steps back can break the bound; the matcher treats such a tracklet as late.)
+        """
+        if self._last_time is None:
+            return -math.inf
+        return min([self._last_time, *(p.end_time for p in self._open.values())])
 
     @property
     def buffered_crops(self) -> int:

@@ -1,13 +1,17 @@
 """Versioned msgpack wire format for the messages that cross the queues (never pickle).
 
-Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding", "session": str, ...}``:
+Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding" | "progress", "session": str, ...}``:
 
 - scalars are msgpack ints, floats and strings under the dataclass field's name;
 - a numeric column is ``{"shape": [d0, d1, ...], "data": <raw little-endian bytes>}`` whose dtype is fixed by
   the field (see ``_TRACKLET_ARRAYS`` / ``_EMBEDDING_ARRAYS``), so the reader checks the byte count;
 - ``Tracklet.crops`` is ``{"shape": [T, H, W, 3], "jpeg": [<JPEG bytes>, ...]}``, one baseline JPEG per crop
   (lossy: decoded pixels are close to, not equal to, the originals);
-- ``session`` is the producing camera worker's run key, carried beside the message.
+- ``session`` is the producing camera worker's run key, carried beside the message;
+- ``order`` (optional on tracklets and embeddings) is ``{"seq": int, "watermark": float, "published_at":
+  float}`` (:class:`pipeline.messages.Order`; a watermark of ``-inf`` is allowed);
+- a ``progress`` message is a camera's :class:`pipeline.messages.Progress` marker (``camera_id``,
+  ``last_seq``, ``watermark``, ``n``, ``idle``, ``final``, ``published_at``), sent on the embedding stream.
 
 Readers ignore keys they do not know, so v1 can gain optional fields; anything that changes the meaning of
 an existing key bumps ``v``. Decoders raise :class:`WireError` with a short reason (it is written to the
@@ -25,7 +29,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from pipeline.messages import Tracklet, TrackletEmbedding
+from pipeline.messages import Order, Progress, Tracklet, TrackletEmbedding
 
 __all__ = [
     "WIRE_VERSION",
@@ -34,6 +38,8 @@ __all__ = [
     "decode_tracklet",
     "encode_embedding",
     "decode_embedding",
+    "encode_progress",
+    "decode_matcher_input",
 ]
 
 WIRE_VERSION = 1
@@ -99,6 +105,7 @@ def encode_tracklet(t: Tracklet, *, session: str, jpeg_quality: int = 90) -> byt
     for name, (dtype, _) in _TRACKLET_ARRAYS.items():
         msg[name] = _pack_array(getattr(t, name), dtype)
     msg["crops"] = {"shape": [int(d) for d in t.crops.shape], "jpeg": frames}
+    _put_order(msg, t.order)
     return msgpack.packb(msg, use_bin_type=True)
 
 
@@ -110,13 +117,38 @@ def encode_embedding(e: TrackletEmbedding, *, session: str) -> bytes:
     msg["model"] = e.model
     for name, (dtype, _) in _EMBEDDING_ARRAYS.items():
         msg[name] = _pack_array(getattr(e, name), dtype)
+    _put_order(msg, e.order)
     return msgpack.packb(msg, use_bin_type=True)
+
+
+def encode_progress(p: Progress, *, session: str) -> bytes:
+    """Serialize a camera's progress marker."""
+    msg: dict[str, Any] = {"v": WIRE_VERSION, "type": "progress", "session": _session(session)}
+    msg.update(
+        camera_id=p.camera_id,
+        last_seq=int(p.last_seq),
+        watermark=float(p.watermark),
+        n=int(p.n),
+        idle=bool(p.idle),
+        final=bool(p.final),
+        published_at=float(p.published_at),
+    )
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def _put_order(msg: dict[str, Any], order: Order | None) -> None:
+    if order is not None:
+        msg["order"] = {
+            "seq": int(order.seq),
+            "watermark": float(order.watermark),
+            "published_at": float(order.published_at),
+        }
 
 
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _unpack(data: object, expected_type: str) -> dict[str, Any]:
+def _unpack(data: object, expected_type: str | tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise WireError(f"expected bytes, got {type(data).__name__}")
     if len(data) == 0:
@@ -133,8 +165,9 @@ def _unpack(data: object, expected_type: str) -> dict[str, Any]:
     if v != WIRE_VERSION:
         raise WireError(f"unsupported wire version {v} (this reader knows {WIRE_VERSION})")
     kind = msg.get("type")
-    if kind != expected_type:
-        raise WireError(f"type: expected {expected_type!r}, got {kind!r:.40}")
+    kinds = expected_type if isinstance(expected_type, tuple) else (expected_type,)
+    if kind not in kinds:
+        raise WireError(f"type: expected {' or '.join(map(repr, kinds))}, got {kind!r:.40}")
     return msg
 
 
@@ -154,11 +187,31 @@ def _str(msg: dict[str, Any], name: str, *, nonempty: bool = False) -> str:
     return s
 
 
-def _float(msg: dict[str, Any], name: str) -> float:
+def _float(msg: dict[str, Any], name: str, *, minus_inf: bool = False) -> float:
     x = float(_get(msg, name, (int, float), "a number"))
-    if not math.isfinite(x):
+    if not (math.isfinite(x) or (minus_inf and x == -math.inf)):
         raise WireError(f"{name}: not finite ({x})")
     return x
+
+
+def _bool(msg: dict[str, Any], name: str) -> bool:
+    value = msg.get(name, False)
+    if not isinstance(value, bool):
+        raise WireError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
+
+
+def _order(msg: dict[str, Any]) -> Order | None:
+    if "order" not in msg:
+        return None
+    o = _get(msg, "order", dict, "a map with seq, watermark and published_at")
+    seq = _get(o, "seq", int, "int")
+    wm = _float(o, "watermark", minus_inf=True)
+    published = _float(o, "published_at")
+    try:
+        return Order(seq, wm, published)
+    except ValueError as err:
+        raise WireError(f"order: {str(err)[:160]}") from None
 
 
 def _shape(name: str, value: object, ndim: int) -> tuple[int, ...]:
@@ -256,15 +309,42 @@ def decode_tracklet(data: bytes) -> tuple[Tracklet, str]:
     fields = _span_fields(msg)
     arrays = {k: _array(msg, k, dtype, tail) for k, (dtype, tail) in _TRACKLET_ARRAYS.items()}
     crops = _crops(msg, arrays["frame_indices"].shape[0])
+    order = _order(msg)
     try:
-        return Tracklet(**fields, **arrays, crops=crops), session
+        return Tracklet(**fields, **arrays, crops=crops, order=order), session
     except ValueError as err:
         raise WireError(f"invalid tracklet: {str(err)[:160]}") from None
 
 
 def decode_embedding(data: bytes) -> tuple[TrackletEmbedding, str]:
     """Inverse of :func:`encode_embedding`: ``(embedding, session)``; raise :class:`WireError` if malformed."""
-    msg = _unpack(data, "embedding")
+    return _embedding(_unpack(data, "embedding"))
+
+
+def decode_matcher_input(data: bytes) -> tuple[TrackletEmbedding | Progress, str]:
+    """What the matcher reads from the embedding stream: an embedding or a camera's progress marker."""
+    msg = _unpack(data, ("embedding", "progress"))
+    if msg["type"] == "embedding":
+        return _embedding(msg)
+    session = _str(msg, "session", nonempty=True)
+    try:
+        p = Progress(
+            camera_id=_str(msg, "camera_id", nonempty=True),
+            last_seq=_get(msg, "last_seq", int, "int"),
+            watermark=_float(msg, "watermark", minus_inf=True),
+            n=_get(msg, "n", int, "int"),
+            idle=_bool(msg, "idle"),
+            final=_bool(msg, "final"),
+            published_at=_float(msg, "published_at"),
+        )
+    except ValueError as err:
+        if isinstance(err, WireError):
+            raise
+        raise WireError(f"invalid progress marker: {str(err)[:160]}") from None
+    return p, session
+
+
+def _embedding(msg: dict[str, Any]) -> tuple[TrackletEmbedding, str]:
     session = _str(msg, "session", nonempty=True)
     fields = _span_fields(msg)
     model = _str(msg, "model", nonempty=True)
@@ -272,7 +352,8 @@ def decode_embedding(data: bytes) -> tuple[TrackletEmbedding, str]:
     for name in ("embedding", "part_visibility"):
         if not np.isfinite(arrays[name]).all():
             raise WireError(f"{name}: contains NaN or infinite values")
+    order = _order(msg)
     try:
-        return TrackletEmbedding(**fields, **arrays, model=model), session
+        return TrackletEmbedding(**fields, **arrays, model=model, order=order), session
     except ValueError as err:
         raise WireError(f"invalid embedding: {str(err)[:160]}") from None

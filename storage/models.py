@@ -155,6 +155,8 @@ class TrackletRow(Base):
     first_box: Mapped[list[float] | None] = mapped_column(sa.JSON)
     last_box: Mapped[list[float] | None] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = _created_at()
+    seq: Mapped[int | None] = mapped_column(sa.BigInteger)  # the camera worker's number for it in its run
+    published_at: Mapped[datetime | None]  # wall clock when the camera worker published it
 
 
 class IdentityRow(Base):
@@ -202,6 +204,24 @@ class EmbeddingRow(Base):
     vector: Mapped[bytes]
     part_visibility: Mapped[bytes]
     created_at: Mapped[datetime] = _created_at()
+
+
+class MatchProgressRow(Base):
+    """How far the matcher has read one camera worker run in order (docs/matcher.md, "Order").
+
+    Every tracklet numbered below ``next_seq`` has reached the matcher; every later one ends at or after
+    ``watermark`` (NULL: no bound yet); ``final``: the run has ended. Written with the identities it led to.
+    """
+
+    __tablename__ = "match_progress"
+    __table_args__ = (sa.CheckConstraint("next_seq >= 0", name="next_seq"),)
+
+    session_key: Mapped[str] = mapped_column(primary_key=True)
+    camera_id: Mapped[str] = mapped_column(primary_key=True)
+    next_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    watermark: Mapped[float | None]
+    final: Mapped[bool]
+    updated_at: Mapped[datetime]
 
 
 # The VIEW created by the migration, as a typed selectable (not part of Base.metadata: it is no table).

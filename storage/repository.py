@@ -32,6 +32,7 @@ from storage.models import (
     EmbeddingRow,
     HealthEventRow,
     IdentityRow,
+    MatchProgressRow,
     SightingRow,
     TrackletRow,
     UTCDateTime,
@@ -41,6 +42,7 @@ from storage.models import (
 __all__ = [
     "GalleryEntry",
     "IdentitySummary",
+    "StreamProgress",
     "Instant",
     "Passage",
     "TimelineEntry",
@@ -54,8 +56,10 @@ __all__ = [
     "ensure_identity",
     "list_identities",
     "load_gallery",
+    "load_progress",
     "max_identity_id",
     "passed_a_then_b",
+    "save_progress",
     "sighting_of",
     "timeline",
     "update_camera_health",
@@ -126,6 +130,20 @@ class GalleryEntry:
     end_time: float
     vector: np.ndarray = field(repr=False)
     part_visibility: np.ndarray = field(repr=False)
+    session_key: str = ""
+    track_id: int = 0
+    chunk: int = 0
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """One row of ``match_progress``: how far the matcher has read one camera worker run in order."""
+
+    session_key: str
+    camera_id: str
+    next_seq: int
+    watermark: float | None
+    final: bool
 
 
 class TrackletLike(Protocol):
@@ -316,6 +334,8 @@ def add_tracklet(
     end_time: Instant,
     num_frames: int,
     boxes: Any = (),
+    seq: int | None = None,
+    published_at: Instant | None = None,
 ) -> int:
     """Store a closed tracklet and return its ``tracklets.id``.
 
@@ -324,7 +344,9 @@ def add_tracklet(
     Idempotent: when the key exists, returns the existing id and changes nothing (a repeat whose span
     differs is logged as a warning: it means two runs share a ``session_key``).
     ``boxes`` (N, 4) xyxy pixels of the kept crops, possibly empty, are summarised (mean size, first and
-    last box). Creates the camera row if it does not exist yet. Raises ``ValueError`` on a reversed span.
+    last box). ``seq`` and ``published_at`` are the camera worker's number for the tracklet and the time it
+    published it, when known. Creates the camera row if it does not exist yet. Raises ``ValueError`` on a
+    reversed span.
     """
     _text(session_key, "session_key")
     _text(camera_id, "camera_id")
@@ -349,6 +371,8 @@ def add_tracklet(
             start_posix=start,
             end_posix=end,
             num_frames=int(num_frames),
+            seq=None if seq is None else int(seq),
+            published_at=None if published_at is None else _utc(published_at, "published_at"),
             **_box_summary(boxes),
         )
         .on_conflict_do_nothing(index_elements=list(_TRACKLET_KEY))
@@ -389,6 +413,8 @@ def add_tracklet_from(session: Session, message: TrackletLike, *, session_key: s
         end_time=float(message.end_time),
         num_frames=int(message.num_frames),
         boxes=message.boxes,
+        seq=order.seq if (order := getattr(message, "order", None)) is not None else None,
+        published_at=order.published_at if order is not None else None,
     )
 
 
@@ -537,6 +563,9 @@ def load_gallery(session: Session, model: str) -> list[GalleryEntry]:
             t.c.end_posix,
             e.c.vector,
             e.c.part_visibility,
+            t.c.session_key,
+            t.c.track_id,
+            t.c.chunk,
         )
         .select_from(e.join(t, t.c.id == e.c.tracklet_id).join(s, s.c.tracklet_id == t.c.id))
         .where(e.c.model == model)
@@ -551,9 +580,42 @@ def load_gallery(session: Session, model: str) -> list[GalleryEntry]:
             end_time=float(r.end_posix),
             vector=np.frombuffer(r.vector, _VECTOR_DTYPE).astype(np.float32),
             part_visibility=np.frombuffer(r.part_visibility, _VECTOR_DTYPE).astype(np.float32),
+            session_key=r.session_key,
+            track_id=int(r.track_id),
+            chunk=int(r.chunk),
         )
         for r in rows
     ]
+
+
+def load_progress(session: Session) -> list[StreamProgress]:
+    """Every ``match_progress`` row (one per camera worker run the matcher has read in order)."""
+    table = MatchProgressRow.__table__
+    return [
+        StreamProgress(r.session_key, r.camera_id, int(r.next_seq), r.watermark, bool(r.final))
+        for r in session.execute(sa.select(table).order_by(table.c.session_key, table.c.camera_id))
+    ]
+
+
+def save_progress(session: Session, rows: list[StreamProgress], *, now: datetime) -> None:
+    """Insert or update ``match_progress`` rows (in the caller's transaction)."""
+    table = MatchProgressRow.__table__
+    for p in rows:
+        _text(p.session_key, "session_key")
+        _text(p.camera_id, "camera_id")
+        finite = p.watermark is not None and math.isfinite(p.watermark)
+        values = {
+            "next_seq": int(p.next_seq),
+            "watermark": float(p.watermark) if finite else None,
+            "final": bool(p.final),
+            "updated_at": now,
+        }
+        stmt = (
+            _insert(session, table)
+            .values(session_key=p.session_key, camera_id=p.camera_id, **values)
+            .on_conflict_do_update(index_elements=["session_key", "camera_id"], set_=values)
+        )
+        session.execute(stmt)
 
 
 # ----------------------------------------------------------------------------------------------------
