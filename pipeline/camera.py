@@ -190,17 +190,24 @@ class CameraGroup:
         cam.stats.detections += len(dets)
         if self.on_tracks is not None:
             self.on_tracks(frame, dets, tracks)
-        for t in cam.builder.update(frame, dets, tracks):
-            self._emit(cam, t)
+        self._emit_all(cam, cam.builder.update(frame, dets, tracks))
         if self.on_frame_done is not None:
             self.on_frame_done(cam.camera_id)
 
-    def _emit(self, cam: Camera, t: Tracklet) -> None:
-        cam.stats.tracklets += 1
-        t = dataclasses.replace(t, order=Order(cam.published, cam.builder.watermark, time.time()))
-        cam.published += 1
-        if self.on_tracklet is not None:
-            self.on_tracklet(t)
+    def _emit_all(self, cam: Camera, closed: list[Tracklet]) -> None:
+        """Number and hand on the tracklets closed at one frame. Each one's watermark bounds what comes after
+        it: the builder's (for what is still open) and the end times of its siblings behind it."""
+        wm = cam.builder.watermark
+        bounds = []
+        for t in reversed(closed):
+            bounds.append(wm)
+            wm = min(wm, t.end_time)
+        for t, bound in zip(closed, reversed(bounds), strict=True):
+            cam.stats.tracklets += 1
+            t = dataclasses.replace(t, order=Order(cam.published, bound, time.time()))
+            cam.published += 1
+            if self.on_tracklet is not None:
+                self.on_tracklet(t)
 
     def _progress(self, active: list[_Reader]) -> None:
         if self.on_progress is None:
@@ -231,8 +238,7 @@ class CameraGroup:
     def _finish(self, cam: Camera, t0: float) -> None:
         if cam.stats.wall_s:
             return
-        for t in cam.builder.flush():
-            self._emit(cam, t)
+        self._emit_all(cam, cam.builder.flush())
         cam.stats.wall_s = time.perf_counter() - t0
         self._marker(cam, final=True)
 

@@ -112,6 +112,45 @@ def test_a_dead_live_camera_never_stalls_the_others(detector):
     assert result["door"].frames == 0
 
 
+def test_tracklets_are_numbered_and_watermarks_bound_what_follows(detector):
+    """The order the matcher relies on (docs/matcher.md, "Order"), on real footage: per camera, tracklets
+    numbered 0, 1, ... in publication order; every tracklet published after a watermark ends at or after it;
+    markers count up, end with a final one, and a live source that is down reports itself idle."""
+    vtest = shared_path("data/vtest/vtest.avi")
+    good = open_source("plaza", str(vtest), max_frames=240)
+    dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
+    cams = [
+        Camera(
+            "plaza", good, build_tracker("bytetrack"), TrackletBuilder("plaza", max_gap=10, max_length=60)
+        ),
+        Camera("door", dead, build_tracker("bytetrack"), TrackletBuilder("door")),
+    ]
+    tracklets, markers = [], []
+    group = CameraGroup(
+        cams, detector.detect, batch=2, on_tracklet=tracklets.append, on_progress=markers.append,
+        progress_every_s=0.2,
+    )  # fmt: skip
+    threading.Thread(target=group.run, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while cams[0].stats.wall_s == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    group.stop()
+    time.sleep(1.0)
+    assert len(tracklets) >= 10
+    assert [t.order.seq for t in tracklets] == list(range(len(tracklets)))
+    assert any(t.chunk > 0 for t in tracklets)  # max_length cut some tracks into chunks
+    for k, t in enumerate(tracklets):
+        assert all(later.end_time >= t.order.watermark for later in tracklets[k + 1 :]), k
+    plaza = [m for m in markers if m.camera_id == "plaza"]
+    assert [m.n for m in plaza] == list(range(len(plaza))) and len(plaza) >= 3
+    assert plaza[-1].final and plaza[-1].last_seq == len(tracklets) - 1
+    assert not any(m.final for m in plaza[:-1])
+    for m in plaza:
+        assert all(t.end_time >= m.watermark for t in tracklets[m.last_seq + 1 :]), m
+    door = [m for m in markers if m.camera_id == "door"]
+    assert door and all(m.idle for m in door if not m.final) and door[-1].final
+
+
 @pytest.mark.parametrize(
     "body, expect",
     [

@@ -294,3 +294,28 @@ def test_bad_input_raises(camera, index, track_ids, match):
     b.update(frame(0), *EMPTY)
     with pytest.raises(ValueError, match=match):
         b.update(Frame(camera, index, 0.0, IMAGE), *present(*track_ids))
+
+
+def test_watermark_bounds_the_end_of_every_later_tracklet():
+    """Random tracks appearing, pausing and leaving: after each frame, no tracklet emitted later ends
+    before the builder's watermark (what the matcher's ordering relies on)."""
+    rng = np.random.default_rng(11)
+    b = TrackletBuilder(CAM, max_gap=5, max_length=25, min_length=1, max_crops=4)
+    assert b.watermark == -np.inf
+    marks: list[tuple[int, float]] = []  # (tracklets emitted before, watermark)
+    emitted = []
+    alive: set[int] = set()
+    next_id = 1
+    for i in range(400):
+        if rng.random() < 0.08:
+            alive.add(next_id)
+            next_id += 1
+        alive = {t for t in alive if rng.random() > 0.01}
+        visible = [t for t in sorted(alive) if rng.random() > 0.25]
+        emitted += b.update(frame(i), *present(*visible))
+        marks.append((len(emitted), b.watermark))
+        assert b.watermark <= frame(i).timestamp
+    emitted += b.flush()
+    assert len(emitted) > 20 and any(t.chunk > 0 for t in emitted)
+    for before, wm in marks:
+        assert all(t.end_time >= wm for t in emitted[before:])
