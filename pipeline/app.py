@@ -66,8 +66,8 @@ def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
 
     Replaying recorded footage is idempotent: when every camera of the run is a file or image folder, the
     key is a digest of what determines the tracklets (camera ids, source files with size and modification
-    time, start times, fps, ROI, detector, tracker and tracklet settings, frame cap), so running the same
-    footage with the same settings again maps to the same rows and adds nothing. A run with a live camera
+    time, start times, fps, ROI, detector, tracker and tracklet settings, frame cap, looping), so running the
+    same footage with the same settings again maps to the same rows and adds nothing. A run with a live camera
     gets a fresh key (start time + random suffix): track ids restart with every worker start.
     """
     import json
@@ -85,6 +85,8 @@ def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
         d, t, tl = cfg.detector, cfg.tracker, cfg.tracklets
         settings = [parts, [d.weights, d.imgsz, d.conf, d.iou, list(d.classes)], [t.name, t.params], vars(tl),
                     cfg.replay.max_frames]  # fmt: skip
+        if cfg.replay.loop:  # appended only when on, so the keys of runs without a loop stay what they were
+            settings.append({"loop": True})
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
         return f"replay-{digest[:16]}"
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"

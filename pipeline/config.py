@@ -359,10 +359,14 @@ class TrackletConfig(_Section):
 @dataclass(frozen=True, kw_only=True, repr=False)
 class ReplayConfig(_Section):
     """Offline replay of file sources: ``realtime`` paces frames at their timestamps instead of running as
-    fast as possible; ``max_frames`` stops each camera after that many frames (``None``: the whole file)."""
+    fast as possible; ``max_frames`` stops each camera after that many frames (``None``: the whole file);
+    ``loop`` starts a file or image folder again from its first frame when it ends, frame indices and
+    timestamps carried on (each pass offset by the duration of the passes before it), until the run is
+    stopped or ``max_frames`` frames were read. Live sources ignore ``loop``."""
 
     realtime: bool = False
     max_frames: int | None = None
+    loop: bool = False
 
     def _check(self) -> None:
         _check_min(self, "max_frames", 1)

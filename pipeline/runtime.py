@@ -60,6 +60,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
                 fps=c.fps,
                 realtime=cfg.replay.realtime,
                 max_frames=cfg.replay.max_frames,
+                loop=cfg.replay.loop,
                 read_timeout_s=cfg.live.read_timeout_s,
                 reconnect_initial_s=cfg.live.reconnect_initial_s,
                 reconnect_max_s=cfg.live.reconnect_max_s,

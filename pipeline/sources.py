@@ -17,6 +17,13 @@ Timestamps
     * Image folders: ``start_time + i / fps``.
     * Live streams and webcams: the wall clock when the frame was grabbed (``start_time`` is ignored).
 
+    ``loop=True`` (files and image folders) re-opens the source at its end and goes on until ``close()`` or
+    ``max_frames``. Frame indices keep counting and every pass is offset by the total duration of the passes
+    before it (a pass of a file lasts its last frame's pts + 1 / fps, a pass of a folder ``len(images) /
+    fps``), so timestamps strictly increase across the seam, one frame interval apart. A pass that yields no
+    frame (the file was replaced by an empty one, the images deleted) ends iteration with a warning in
+    ``health.last_error`` instead of looping forever.
+
     ``start_time`` is the argument if given (a naive ``datetime`` is taken as UTC), else the file's
     ``creation_time`` tag (ffprobe, format tags then stream tags; values before 1980 count as unset), else
     the file's modification time (for folders, the first image's).
@@ -252,7 +259,8 @@ class FrameSource(ABC):
 
     ``fps`` is the nominal rate used for timestamps (None when unknown), ``num_frames`` the number of frames
     this source will yield when known (a file's frame count, capped by ``max_frames``), ``start_time`` the
-    POSIX time of frame 0 for recorded sources (None for live ones). Iterate a source once.
+    POSIX time of frame 0 for recorded sources (None for live ones). Iterate a source once. A looping source
+    has ``num_frames`` ``max_frames`` (None without a cap: it does not end on its own).
     """
 
     def __init__(self, camera_id: str, *, max_frames: int | None) -> None:
@@ -452,6 +460,8 @@ class VideoFileSource(FrameSource):
     first frame. A file that stops decoding early (corrupt or truncated tail) ends iteration cleanly; when
     fewer frames came out than the file announced, ``health.last_error`` says so. ``realtime=True`` sleeps
     so frames leave at the pace of their timestamps; otherwise frames come as fast as they decode.
+    ``loop=True`` re-opens the file at its end (or where it stops decoding) and goes on, frame indices and
+    timestamps carried on (see the module docstring); a decoding error still ends iteration.
     """
 
     def __init__(
@@ -463,11 +473,13 @@ class VideoFileSource(FrameSource):
         fps: float | None = None,
         realtime: bool = False,
         max_frames: int | None = None,
+        loop: bool = False,
     ) -> None:
         super().__init__(camera_id, max_frames=max_frames)
         if fps is not None and not fps > 0:
             raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
         self._path = Path(path)
+        self._loop = loop
         if not self._path.is_file():
             raise SourceError(f"camera {camera_id!r}: video file {self._path} does not exist")
         probe = probe_video(self._path)
@@ -495,7 +507,7 @@ class VideoFileSource(FrameSource):
             count = int(cv_count) if math.isfinite(cv_count) and cv_count > 0 else None
             self._count_exact = False
         self._file_frames = count
-        self._num_frames = self._cap_count(count)
+        self._num_frames = self._cap_count(None if loop else count)
 
         # OpenCV's own rotation (when auto-orientation is on) is subtracted from the wanted one.
         cv_meta = int(round(cap.get(cv2.CAP_PROP_ORIENTATION_META))) % 360
@@ -512,19 +524,27 @@ class VideoFileSource(FrameSource):
 
         self._realtime = realtime
         self._pacer = _Pacer()
-        self._decoded = 0
+        self._decoded = 0  # frames decoded over all passes: the next frame's index
+        self._pass = 0
+        self._pass_offset = 0.0  # seconds: the total duration of the passes before this one
+        self._start_pass()
+        self._health.connected(time.time(), time.monotonic())
+
+    def _start_pass(self) -> None:
+        """Reset what timestamps a pass from its own frame 0: every pass is timed like the first."""
+        self._pass_decoded = 0
         self._pts_reliable = not self._fps_override
         self._pts_base = 0.0
         self._last_pos = -math.inf
         self._last_rel = 0.0
-        self._health.connected(time.time(), time.monotonic())
 
     @property
     def path(self) -> Path:
         return self._path
 
     def _relative_pts(self, index: int, pos_ms: float) -> float:
-        """Seconds since frame 0: POS_MSEC while it strictly increases, else continued at ``1 / fps``."""
+        """Seconds since frame 0 of this pass (``index`` counts within the pass): POS_MSEC while it strictly
+        increases, else continued at ``1 / fps``."""
         if self._fps_override:
             return index / self._ts_fps
         pos = pos_ms / 1000.0
@@ -536,47 +556,89 @@ class VideoFileSource(FrameSource):
         else:
             if self._pts_reliable:
                 self._pts_reliable = False
-                log.debug("camera %r: %s: no usable pts from frame %d", self._camera_id, self._path, index)
+                if self._pass == 0:  # every pass behaves the same: say it once
+                    log.debug(
+                        "camera %r: %s: no usable pts from frame %d", self._camera_id, self._path, index
+                    )
             rel = self._last_rel + 1.0 / self._ts_fps if index > 0 else 0.0
         self._last_rel = rel
         return rel
 
+    def _truncation(self) -> str | None:
+        """The warning for a pass that ended with fewer frames than the file announced, else None."""
+        if self._file_frames is None or self._limit_reached():
+            return None
+        slack = 0 if self._count_exact else 2
+        if self._pass_decoded >= self._file_frames - slack:
+            return None
+        return (
+            f"camera {self._camera_id!r}: {self._path} ended after {self._pass_decoded} of "
+            f"{self._file_frames} frames (truncated or corrupt file)"
+        )
+
     def _finish(self, error: str | None = None) -> None:
         """End of decoding: warn if the file announced more frames than came out, then release."""
-        if error is None and self._file_frames is not None and not self._limit_reached():
-            slack = 0 if self._count_exact else 2
-            if self._decoded < self._file_frames - slack:
-                error = (
-                    f"camera {self._camera_id!r}: {self._path} ended after {self._decoded} of "
-                    f"{self._file_frames} frames (truncated or corrupt file)"
-                )
+        if error is None and self._pass == 0:  # later passes of a loop were checked at the first seam
+            error = self._truncation()
         if error is not None:
             log.warning("%s", error)
             self._health.warn(error)
         self.close()
 
+    def _rewind(self) -> bool:
+        """At the end of a pass: re-open the file for the next one. False (after :meth:`_finish`, with the
+        reason) when the pass gave no frame or the file no longer opens, so a loop cannot spin forever."""
+        if self._pass_decoded == 0:
+            self._finish(
+                f"camera {self._camera_id!r}: {self._path} yielded no frames on pass {self._pass + 1}; "
+                "stopped looping"
+            )
+            return False
+        if self._pass == 0 and (warning := self._truncation()) is not None:
+            log.warning("%s (looping over the frames that decode)", warning)
+            self._health.warn(warning)
+        if self._cap is None or self._closed:  # closed from another thread meanwhile
+            return False
+        self._cap.release()
+        cap = cv2.VideoCapture(str(self._path))
+        if not cap.isOpened():
+            cap.release()
+            self._cap = None
+            self._finish(f"camera {self._camera_id!r}: cannot re-open video file {self._path} to loop")
+            return False
+        self._cap = cap
+        self._pass_offset += self._last_rel + 1.0 / self._ts_fps
+        self._pass += 1
+        self._start_pass()
+        log.debug("camera %r: %s: pass %d starts", self._camera_id, self._path, self._pass + 1)
+        return True
+
     def __next__(self) -> Frame:
-        if self._cap is None:
-            raise StopIteration
-        if self._limit_reached():
-            self._finish()
-            raise StopIteration
-        if self._pending is not None:
-            image, pos_ms = self._pending
-            self._pending = None
-        else:
+        while True:
+            if self._cap is None:
+                raise StopIteration
+            if self._limit_reached():
+                self._finish()
+                raise StopIteration
+            if self._pending is not None:
+                image, pos_ms = self._pending
+                self._pending = None
+                break
             try:
                 ok, image = self._cap.read()
             except cv2.error as e:
                 self._finish(f"camera {self._camera_id!r}: decoding {self._path} failed: {_one_line(str(e))}")
                 raise StopIteration from None
-            if not ok or image is None:
+            if ok and image is not None:
+                pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+                break
+            if not (self._loop and self._rewind()):
                 self._finish()
                 raise StopIteration
-            pos_ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)
         index = self._decoded
         self._decoded += 1
-        rel = self._relative_pts(index, pos_ms)
+        rel = self._pass_offset + self._relative_pts(self._pass_decoded, pos_ms)
+        self._pass_decoded += 1
         if self._rotate_code is not None:
             image = cv2.rotate(image, self._rotate_code)
         if self._realtime:
@@ -624,6 +686,8 @@ class ImageFolderSource(FrameSource):
     ``fps``: the argument, else ``frameRate`` of a MOTChallenge ``seqinfo.ini`` in the parent folder, else 25.
     ``frame_index`` is the image's position in the folder; timestamps ``start_time + frame_index / fps``. An
     image that fails to decode after the first is skipped with a warning in ``health.last_error``.
+    ``loop=True`` starts again at the first image after the last; pass ``k`` (from 0) counts the positions on
+    from ``k * len(images)``, so indices and timestamps keep increasing. Images are read again each pass.
     Raises :class:`SourceError` when the folder holds no images or its first image does not decode.
     """
 
@@ -636,11 +700,13 @@ class ImageFolderSource(FrameSource):
         fps: float | None = None,
         realtime: bool = False,
         max_frames: int | None = None,
+        loop: bool = False,
     ) -> None:
         super().__init__(camera_id, max_frames=max_frames)
         if fps is not None and not fps > 0:
             raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
         self._path = Path(path)
+        self._loop = loop
         if not self._path.is_dir():
             raise SourceError(f"camera {camera_id!r}: image folder {self._path} does not exist")
         self._files = sorted(
@@ -656,11 +722,13 @@ class ImageFolderSource(FrameSource):
             raise SourceError(f"camera {camera_id!r}: first image {self._files[0]} does not decode")
         self._pending: np.ndarray | None = first
         self._fps = fps or _seqinfo_fps(self._path) or DEFAULT_IMAGE_FOLDER_FPS
-        self._num_frames = self._cap_count(len(self._files))
+        self._num_frames = self._cap_count(None if loop else len(self._files))
         self._start_time = _to_posix(start_time) if start_time is not None else self._files[0].stat().st_mtime
         self._realtime = realtime
         self._pacer = _Pacer()
-        self._next_index = 0
+        self._next_index = 0  # position in the folder of the next image
+        self._pass = 0
+        self._pass_yielded = 0
         self._health.connected(time.time(), time.monotonic())
 
     @property
@@ -668,23 +736,37 @@ class ImageFolderSource(FrameSource):
         return self._path
 
     def __next__(self) -> Frame:
-        while not self._closed and not self._limit_reached() and self._next_index < len(self._files):
-            index = self._next_index
+        while not self._closed and not self._limit_reached():
+            if self._next_index == len(self._files):
+                if not self._loop:
+                    break
+                if self._pass_yielded == 0:  # every image failed this pass: the next would fail too
+                    msg = (
+                        f"camera {self._camera_id!r}: no image of {self._path} decoded on pass "
+                        f"{self._pass + 1}"
+                    )
+                    log.warning("%s; stopped looping", msg)
+                    self._health.warn(msg)
+                    break
+                self._next_index, self._pass, self._pass_yielded = 0, self._pass + 1, 0
+            position = self._next_index
             self._next_index += 1
             if self._pending is not None:
                 image, self._pending = self._pending, None
             else:
-                image = cv2.imread(str(self._files[index]), cv2.IMREAD_COLOR)
+                image = cv2.imread(str(self._files[position]), cv2.IMREAD_COLOR)
             if image is None:
-                msg = f"camera {self._camera_id!r}: skipped image {self._files[index]} (does not decode)"
+                msg = f"camera {self._camera_id!r}: skipped image {self._files[position]} (does not decode)"
                 log.warning("%s", msg)
                 self._health.warn(msg)
                 continue
+            index = self._pass * len(self._files) + position
             rel = index / self._fps
             if self._realtime:
                 self._pacer.wait(rel)
             self._health.frame(time.time(), time.monotonic())
             self._yielded += 1
+            self._pass_yielded += 1
             return Frame(self._camera_id, index, self._start_time + rel, image)
         self.close()
         raise StopIteration
@@ -1010,6 +1092,7 @@ def open_source(
     fps: float | None = None,
     realtime: bool = False,
     max_frames: int | None = None,
+    loop: bool = False,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
     reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
@@ -1019,9 +1102,10 @@ def open_source(
 
     ``rtsp:// rtsps:// rtmp:// http:// https:// udp:// tcp://`` -> :class:`LiveStreamSource`; a digit string
     -> :class:`WebcamSource`; an existing directory -> :class:`ImageFolderSource`; an existing file ->
-    :class:`VideoFileSource`. ``start_time`` and ``realtime`` apply to recorded sources only; the timeout and
-    reconnect settings to live ones. Raises :class:`SourceError` (a ``ValueError``) naming the camera and the
-    source when a path does not exist or a recorded source or webcam cannot deliver frames.
+    :class:`VideoFileSource`. ``start_time``, ``realtime`` and ``loop`` apply to recorded sources only (a live
+    source ignores ``loop``: it never ends); the timeout and reconnect settings to live ones. Raises
+    :class:`SourceError` (a ``ValueError``) naming the camera and the source when a path does not exist or a
+    recorded source or webcam cannot deliver frames.
     """
     scheme, sep, _ = source.partition("://")
     if sep and scheme.lower() in LIVE_SCHEMES:
@@ -1047,7 +1131,13 @@ def open_source(
             reconnect_max_s=reconnect_max_s,
         )
     path = Path(source).expanduser()
-    recorded = {"start_time": start_time, "fps": fps, "realtime": realtime, "max_frames": max_frames}
+    recorded = {
+        "start_time": start_time,
+        "fps": fps,
+        "realtime": realtime,
+        "max_frames": max_frames,
+        "loop": loop,
+    }
     if path.is_dir():
         return ImageFolderSource(camera_id, path, **recorded)
     if path.is_file():

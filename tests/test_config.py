@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.app import make_session_key
 from pipeline.config import (
     CameraConfig,
     ConfigError,
@@ -117,7 +118,7 @@ def test_defaults_are_the_documented_values(tmp_path: Path) -> None:
     t = cfg.tracklets
     assert (t.min_length, t.max_length, t.max_gap, t.min_box_height, t.min_box_width) == (4, 300, 30, 40, 16)
     assert (t.min_conf, t.border_margin, t.max_crops, t.crop_height, t.crop_width) == (0.3, 2, 32, 256, 128)
-    assert (cfg.replay.realtime, cfg.replay.max_frames) == (False, None)
+    assert (cfg.replay.realtime, cfg.replay.max_frames, cfg.replay.loop) == (False, None, False)
     assert (cfg.live.read_timeout_s, cfg.live.reconnect_initial_s, cfg.live.reconnect_max_s) == (
         5.0,
         0.5,
@@ -225,6 +226,15 @@ ERROR_CASES = [
     ),
     ("infinite float", _with("live.read_timeout_s", float("inf")), (), "live.read_timeout_s", "finite"),
     ("string for a bool", _with("replay.realtime", "sure"), (), "replay.realtime", "expected true or false"),
+    ("string for loop", _with("replay.loop", "yes"), (), "replay.loop", "expected true or false, got 'yes'"),
+    ("int for loop", _with("replay.loop", 1), (), "replay.loop", "expected true or false, got 1"),
+    (
+        "override loop",
+        BASE,
+        ("replay.loop=forever",),
+        "replay.loop",
+        "(--set): replay.loop: expected true or",
+    ),
     ("int for a string", _with("cameras.0.id", 1), (), "cameras[0].id", "expected a string, got 1"),
     ("scalar for a list", _with("detector.classes", 0), (), "detector.classes", "expected a list"),
     (
@@ -544,6 +554,7 @@ def test_precedence_defaults_then_yaml_then_overrides(tmp_path: Path) -> None:
         ("detector.classes=[0, 2]", lambda c: c.detector.classes, (0, 2)),
         ("detector.weights=yolo11s.pt", lambda c: c.detector.weights, "yolo11s.pt"),
         ("replay.max_frames=null", lambda c: c.replay.max_frames, None),
+        ("replay.loop=true", lambda c: c.replay.loop, True),
         ("tracker.params.track_buffer=60", lambda c: c.tracker.params, {"track_buffer": 60}),
         ("tracker.params.a.b=1", lambda c: c.tracker.params, {"a": {"b": 1}}),
         ("tracker.params={x: 1}", lambda c: c.tracker.params, {"x": 1}),
@@ -836,6 +847,32 @@ def test_config_from_dict_uses_the_given_env_and_base(tmp_path: Path) -> None:
     assert cfg.cameras[0].source == str(tmp_path / "videos" / "a.mp4")
     with pytest.raises(ConfigError, match=r"^inline: db.url: environment variable PW is not set$"):
         config_from_dict(_with("db.url", "postgresql://u:${PW}@h/db"), env={}, source="inline")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The replay session key (pipeline/app.py): a digest of what determines the tracklets, loop included
+
+
+@pytest.mark.parametrize(
+    ("overrides", "same"),
+    [
+        ((), True),
+        (("replay.loop=false",), True),
+        (("replay.loop=true",), False),
+        (("replay.loop=true", "replay.max_frames=100"), False),
+        (("replay.max_frames=100",), False),
+    ],
+)
+def test_replay_session_key_depends_on_loop(tmp_path: Path, overrides: tuple[str, ...], same: bool) -> None:
+    (tmp_path / "videos").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "videos" / name).write_bytes(b"footage " + name.encode())
+    key = make_session_key(_load(tmp_path, BASE))
+    other = make_session_key(_load(tmp_path, BASE, overrides))
+    assert key.startswith("replay-") and other.startswith("replay-")
+    assert (other == key) is same
+    looped = make_session_key(_load(tmp_path, BASE, ("replay.loop=true",)))
+    assert (other == looped) is (overrides == ("replay.loop=true",))
 
 
 # ------------------------------------------------------------------------------------------------------------

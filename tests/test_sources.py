@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import signal
 import socket
@@ -282,6 +283,113 @@ def test_image_folder_natural_order_and_skips_undecodable(tmp_path):
     assert health.last_error is not None and "3.png" in health.last_error
 
 
+# ------------------------------------------------------------------------------------------------ loops
+
+LOOP_PASS = 5  # frames in one pass of the tiny sources below
+
+
+def _write_avi(path: Path, frames: list[np.ndarray]) -> Path:
+    """An MJPG .avi at 10 fps (OpenCV's own writer: no ffmpeg binary needed); no frames gives a valid,
+    empty file."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def _tiny_source(kind: str, tmp: Path) -> Path:
+    """A source of ``LOOP_PASS`` distinct 64x48 frames: an .avi, a folder of PNGs (25 fps, the default), or a
+    raw H.264 stream, which has no container timing (its pts are continued at 1 / fps)."""
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(LOOP_PASS)]
+    if kind == "avi":
+        return _write_avi(tmp / "tiny.avi", frames)
+    if kind == "images":
+        (tmp / "tiny").mkdir()
+        for i, f in enumerate(frames):
+            cv2.imwrite(str(tmp / "tiny" / f"{i}.png"), f)
+        return tmp / "tiny"
+    path = tmp / "tiny.264"
+    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "h264"]
+    subprocess.run(
+        [_need_binary("ffmpeg"), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi"]
+        + ["-i", "testsrc=size=64x48:rate=10", "-frames:v", str(LOOP_PASS), *encode, str(path)],
+        check=True,
+        timeout=30,
+    )
+    return path
+
+
+@pytest.mark.parametrize("kind", ["avi", "images", "h264"])
+@pytest.mark.parametrize(
+    ("loop", "max_frames", "expected"),
+    [
+        (True, 12, 12),
+        (True, LOOP_PASS, LOOP_PASS),
+        (True, 0, 0),
+        (False, 12, LOOP_PASS),
+        (False, None, LOOP_PASS),
+    ],
+)
+def test_loop_carries_indices_and_timestamps_across_the_seam(kind, loop, max_frames, expected, tmp_path):
+    source = str(_tiny_source(kind, tmp_path))
+    with open_source("cam-loop", source, start_time=START, loop=loop, max_frames=max_frames) as src:
+        assert src.num_frames == expected
+        frames = list(src)
+        health = src.health
+    assert [f.frame_index for f in frames] == list(range(expected))  # never restarting at 0
+    ts = np.array([f.timestamp for f in frames]) - START.timestamp()
+    assert np.all(np.diff(ts) > 0)
+    # each pass is offset by the ones before: one frame interval at the seam, like everywhere else
+    np.testing.assert_allclose(ts, np.arange(expected) / src.fps, atol=1e-6)
+    for f in frames:  # the same pixels come round again
+        np.testing.assert_array_equal(f.image, frames[f.frame_index % LOOP_PASS].image)
+    assert health.last_error is None
+
+
+@pytest.mark.parametrize("kind", ["avi", "images"])
+def test_loop_without_max_frames_goes_on_until_closed(kind, tmp_path):
+    with open_source("cam-endless", str(_tiny_source(kind, tmp_path)), loop=True) as src:
+        assert src.num_frames is None  # it does not end on its own
+        frames = list(itertools.islice(src, 4 * LOOP_PASS + 3))
+        src.close()
+        assert list(src) == []
+    assert [f.frame_index for f in frames] == list(range(4 * LOOP_PASS + 3))
+
+
+def _replace_with_empty_video(path: Path) -> None:
+    os.replace(_write_avi(path.with_name("empty.avi"), []), path)  # opens, yields nothing
+
+
+def _replace_with_zero_bytes(path: Path) -> None:
+    path.with_name("zero.avi").touch()
+    os.replace(path.with_name("zero.avi"), path)  # does not open any more
+
+
+def _break_every_image(path: Path) -> None:
+    for image in path.iterdir():
+        image.write_bytes(b"not an image")
+
+
+@pytest.mark.parametrize(
+    ("kind", "spoil"),
+    [("avi", _replace_with_empty_video), ("avi", _replace_with_zero_bytes), ("images", _break_every_image)],
+    ids=["empty-video", "zero-bytes", "broken-images"],
+)
+def test_loop_stops_when_a_pass_yields_no_frames(kind, spoil, tmp_path):
+    """Footage that gives no frame any more ends the loop with the reason, instead of spinning for ever."""
+    path = _tiny_source(kind, tmp_path)
+    with open_source("cam-gone", str(path), loop=True) as src:
+        first = list(itertools.islice(src, LOOP_PASS))  # the whole first pass
+        spoil(path)  # the open decoder keeps the old file; the next pass re-opens the path
+        rest = list(src)
+        health = src.health
+    assert [f.frame_index for f in first] == list(range(LOOP_PASS))
+    assert rest == []
+    message = health.last_error
+    assert message is not None and "cam-gone" in message and str(path) in message
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 
@@ -297,6 +405,10 @@ def _zero_byte(tmp: Path) -> str:
 def _text_as_mp4(tmp: Path) -> str:
     (tmp / "notes.mp4").write_text("hello, this is not a video\n" * 20)
     return str(tmp / "notes.mp4")
+
+
+def _video_without_frames(tmp: Path) -> str:
+    return str(_write_avi(tmp / "empty.avi", []))
 
 
 def _empty_dir(tmp: Path) -> str:
@@ -316,13 +428,14 @@ def _webcam_99(tmp: Path) -> str:
 
 @pytest.mark.parametrize(
     "make",
-    [_missing, _zero_byte, _text_as_mp4, _empty_dir, _dir_without_images, _webcam_99],
+    [_missing, _zero_byte, _text_as_mp4, _video_without_frames, _empty_dir, _dir_without_images, _webcam_99],
     ids=lambda f: f.__name__,
 )
-def test_unusable_source_raises_source_error_naming_camera(make, tmp_path):
+@pytest.mark.parametrize("loop", [False, True])  # a source without frames errors out, never loops on nothing
+def test_unusable_source_raises_source_error_naming_camera(make, loop, tmp_path):
     source = make(tmp_path)
     with pytest.raises(SourceError) as info:
-        open_source("cam-bad-7", source)
+        open_source("cam-bad-7", source, loop=loop)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "cam-bad-7" in message and source in message and "\n" not in message
@@ -516,7 +629,8 @@ def test_unreachable_stream_keeps_retrying_without_raising(template):
         ("tcp://127.0.0.1:{port}", LiveStreamSource),
     ],
 )
-def test_open_source_dispatch(source, kind):
+@pytest.mark.parametrize("loop", [False, True])  # live sources ignore loop
+def test_open_source_dispatch(source, kind, loop):
     source = source.format(port=_free_port()) if "://" in source else str(shared_path(source))
-    with open_source("cam-d", source, max_frames=1) as src:
+    with open_source("cam-d", source, max_frames=1, loop=loop) as src:
         assert type(src) is kind and src.camera_id == "cam-d"
