@@ -256,8 +256,11 @@ def matcher_process(
     consumer: str = "matcher-1",
     stop: Any = None,
     drain: Any = None,
+    expect: list[str] | None = None,
     _in_child: bool = True,
 ) -> None:
+    """Serve the matcher; ``expect``: camera ids of this run (``wiring.session_key``) to wait for from the
+    start, before they have said anything."""
     _child_setup(_in_child)
     from models.checkpoint import DEFAULT_CHECKPOINT
     from pipeline.matcher_worker import restore_matcher, run_matcher_worker
@@ -279,7 +282,16 @@ def matcher_process(
         )
 
     run_matcher_worker(
-        queue, store, make, stream=wiring.embedding_stream, consumer=consumer, stop=stop, drain=drain
+        queue,
+        store,
+        make,
+        stream=wiring.embedding_stream,
+        consumer=consumer,
+        stop=stop,
+        drain=drain,
+        window_s=cfg.matcher.window_s,
+        max_wait_s=cfg.matcher.max_wait_s,
+        expect=(wiring.session_key, list(expect)) if expect else None,
     )
     queue.close()
     store.dispose()

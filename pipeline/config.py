@@ -419,14 +419,21 @@ class ReIDConfig(_Section):
 @dataclass(frozen=True, kw_only=True, repr=False)
 class MatcherConfig(_Section):
     """Cross-camera matching: a tracklet joins the most similar identity when the cosine similarity reaches
-    ``threshold`` (else it starts a new identity); each identity keeps up to ``max_prototypes`` embeddings."""
+    ``threshold`` (else it starts a new identity); each identity keeps up to ``max_prototypes`` embeddings.
+    Tracklets are decided in closing-time buckets of ``window_s`` seconds, in time order, once every camera
+    has passed the bucket; a tracklet still missing after ``max_wait_s`` (a camera or worker gone) is no
+    longer waited for (docs/matcher.md, "Order")."""
 
     threshold: float = 0.6
     max_prototypes: int = 10
+    window_s: float = 1.0
+    max_wait_s: float = 60.0
 
     def _check(self) -> None:
         _check_between(self, "threshold", -1, 1)
         _check_min(self, "max_prototypes", 1)
+        _check_min(self, "window_s", 0, strict=True)
+        _check_min(self, "max_wait_s", 0, strict=True)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)

@@ -150,6 +150,12 @@ class Queue(Protocol):
         """
         ...
 
+    def recover(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Message]:
+        """Entries still pending for ``consumer`` itself, handed out again (``deliveries`` + 1): what a
+        consumer restarted under the same name left unfinished. Poison messages go to the dead-letter stream
+        as in :meth:`reclaim`."""
+        ...
+
     def dead_letter(self, stream: str, group: str, message: Message, reason: str) -> None:
         """Record ``message`` in ``<stream>:dead`` with ``reason``, then acknowledge it for ``group``."""
         ...
@@ -378,6 +384,7 @@ class _Broker:
         count: int,
         max_deliveries: int,
         maxlen: int,
+        owner: str | None = None,
     ) -> tuple[list[tuple[str, bytes, int]], list[tuple[str, int]]]:
         with self._lock:
             s, g = self._group(stream, group, "reclaim")
@@ -386,6 +393,8 @@ class _Broker:
             for i, p in g.pending.items():
                 if len(claimed) == count:
                     break
+                if owner is not None and p.consumer != owner:
+                    continue
                 if (now - p.delivered_at) * 1000 >= min_idle_ms:
                     claimed.append((i, p))
             out: list[tuple[str, bytes, int]] = []
@@ -594,6 +603,22 @@ class LocalQueue:
             _positive("count", count),
             self.max_deliveries,
             self.maxlen,
+        )
+        for i, n in dead:
+            log.warning("dead-lettered %s %s after %d deliveries (poison message?)", stream, i, n)
+        return [Message(i, stream, payload, n) for i, payload, n in rows]
+
+    def recover(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Message]:
+        rows, dead = self._call(
+            "reclaim",
+            _name("stream", stream),
+            _name("group", group),
+            _name("consumer", consumer),
+            0,
+            _positive("count", count),
+            self.max_deliveries,
+            self.maxlen,
+            consumer,
         )
         for i, n in dead:
             log.warning("dead-lettered %s %s after %d deliveries (poison message?)", stream, i, n)
@@ -960,6 +985,40 @@ class RedisQueue:
             if not rows:
                 continue  # another consumer claimed it in between
             msg = Message(entry_id, stream, payload, int(rows[0]["times_delivered"]))
+            if msg.deliveries > self.max_deliveries:
+                reason = f"delivered {msg.deliveries} times, more than max_deliveries={self.max_deliveries}"
+                self.dead_letter(stream, group, msg, reason)
+            else:
+                out.append(msg)
+        return out
+
+    def recover(self, stream: str, group: str, consumer: str, *, count: int = 100) -> list[Message]:
+        _name("stream", stream)
+        _name("group", group)
+        _name("consumer", consumer)
+        _positive("count", count)
+        what = f"recover {stream}/{group}"
+
+        def pending() -> Any:
+            return self._client.xpending_range(
+                stream, group, min="-", max="+", count=count, consumername=consumer
+            )
+
+        rows = self._run(what, self._recreating_group(stream, group, pending))
+        if not rows:
+            return []
+        times = {r["message_id"].decode(): int(r["times_delivered"]) for r in rows}
+        claimed = self._run(
+            what, lambda: self._client.xclaim(stream, group, consumer, 0, message_ids=list(times))
+        )
+        out: list[Message] = []
+        for entry_id, fields in claimed:
+            entry_id = entry_id.decode()
+            if not fields:
+                log.warning("%s %s was trimmed before it was acknowledged; it is lost", stream, entry_id)
+                self._run(what, lambda entry_id=entry_id: self._client.xack(stream, group, entry_id))
+                continue
+            msg = Message(entry_id, stream, fields.get(b"data", b""), times.get(entry_id, 0) + 1)
             if msg.deliveries > self.max_deliveries:
                 reason = f"delivered {msg.deliveries} times, more than max_deliveries={self.max_deliveries}"
                 self.dead_letter(stream, group, msg, reason)

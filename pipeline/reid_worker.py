@@ -91,14 +91,23 @@ def run_reid_worker(
     """Serve until ``stop`` is set, or until ``drain`` is set and the input stream has nothing left.
 
     Returns the number of tracklets embedded. ``drain`` is how a replay ends: the camera workers are done,
-    so once the group has no lag the worker exits.
+    so once the group has no lag the worker exits. A worker restarted under the same ``consumer`` name first
+    finishes what its predecessor left pending; other consumers' pending work is reclaimed after
+    ``reclaim_idle_ms``.
     """
     queue.ensure_group(stream_in, group)
     queue.ensure_group(stream_out, "matcher")  # so embeddings published before the matcher starts are kept
     done = 0
     last_reclaim = 0.0
+    recovering = True  # first what this consumer name left unfinished (a restart), before anything new
     while not (stop is not None and stop.is_set()):
         batch: list[Message] = []
+        if recovering:
+            batch = queue.recover(stream_in, group, consumer, count=batch_size)
+            recovering = bool(batch)
+            if batch:
+                done += _handle(queue, encoder, batch, stream_in, stream_out, group)
+                continue
         now = time.monotonic()
         if now - last_reclaim > reclaim_idle_ms / 1000 / 2:
             batch.extend(

@@ -218,6 +218,32 @@ def test_message_of_a_killed_consumer_is_not_lost(
     assert q.pending_count(s, g) == 0 and q.lag(s, g) == 0
 
 
+def test_a_consumer_restarted_under_its_name_recovers_only_its_own_pending(
+    make_queue: Callable[..., Queue], names
+) -> None:
+    q = make_queue(max_deliveries=3)
+    s, g = names("s"), names("g")
+    q.ensure_group(s, g)
+    ids = [q.publish(s, p) for p in _payloads(5)]
+    mine = q.consume(s, g, "reid-1", count=3, block_ms=100)  # then reid-1 dies
+    other = q.consume(s, g, "reid-2", count=2, block_ms=100)  # reid-2 is alive and busy
+    assert [m.id for m in mine + other] == ids
+
+    got = q.recover(s, g, "reid-1")  # reid-1 restarted
+
+    assert [m.id for m in got] == ids[:3] and all(m.deliveries == 2 for m in got)
+    assert [m.payload for m in got] == [m.payload for m in mine]
+    assert q.recover(s, g, "reid-3") == []  # nothing of anyone else's
+    assert q.ack(s, g, [m.id for m in got]) == 3
+    assert q.recover(s, g, "reid-1") == []
+    assert q.pending_count(s, g) == 2  # reid-2's are untouched
+    # recovering the same entry again and again makes it a poison message like any redelivery
+    assert [m.deliveries for m in q.recover(s, g, "reid-2")] == [2, 2]
+    assert [m.deliveries for m in q.recover(s, g, "reid-2")] == [3, 3]
+    assert q.recover(s, g, "reid-2") == []
+    assert [d.original_id for d in q.dead_letters(s)] == ids[3:]
+
+
 @pytest.mark.parametrize("mode", ["alternating", "threads"])
 def test_two_consumers_share_a_group_without_duplicates(
     make_queue: Callable[..., Queue], names, mode: str
