@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from pipeline.config import PipelineConfig, redact_url
 log = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 2.0
+MAX_RESTARTS = 5  # per worker role and run: a worker that keeps dying is a bug to see, not to hide
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def camera_process(
     _in_child: bool = True,
 ) -> None:
     """Run the cameras, publish every closed tracklet, keep the cameras' health in SQL."""
-    _child_setup(_in_child)
+    _child_setup(_in_child, "reid-cameras")
     from models.runtime import configure_torch
     from pipeline.runtime import build_detector, run_camera_stage
     from pipeline.wire import encode_progress, encode_tracklet
@@ -220,7 +222,7 @@ def reid_process(
     drain: Any = None,
     _in_child: bool = True,
 ) -> None:
-    _child_setup(_in_child)
+    _child_setup(_in_child, "reid-embedder")
     import torch
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_drsta, resolve_device
@@ -261,7 +263,7 @@ def matcher_process(
 ) -> None:
     """Serve the matcher; ``expect``: camera ids of this run (``wiring.session_key``) to wait for from the
     start, before they have said anything."""
-    _child_setup(_in_child)
+    _child_setup(_in_child, "reid-matcher")
     from models.checkpoint import DEFAULT_CHECKPOINT
     from pipeline.matcher_worker import restore_matcher, run_matcher_worker
     from storage.db import open_store
@@ -297,11 +299,25 @@ def matcher_process(
     store.dispose()
 
 
-def _child_setup(in_child: bool) -> None:
+def _child_setup(in_child: bool, role: str) -> None:
     if in_child:  # Ctrl-C goes to the whole process group; children stop when the parent tells them, in order
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_process_name(role)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+
+
+def _set_process_name(role: str) -> None:
+    """Show the role in ``ps``/``top``/``psutil.Process.name()`` (Linux: prctl PR_SET_NAME); else nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, role.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- parent
@@ -340,20 +356,21 @@ def run_full(args, cfg: PipelineConfig) -> int:
     out = getattr(args, "out", None)
     only = args.only.split(",") if getattr(args, "only", None) else None
     progress = False if getattr(args, "quiet", False) else None
-    procs = {
-        "matcher": ctx.Process(
+    cameras_run = [c.id for c in cfg.enabled_cameras if only is None or c.id in only]
+    factories = {
+        "matcher": lambda: ctx.Process(
             target=matcher_process,
             args=(cfg, wiring),
-            kwargs={"stop": stop_all, "drain": matcher_drain},
+            kwargs={"stop": stop_all, "drain": matcher_drain, "expect": cameras_run},
             name="matcher",
         ),
-        "reid": ctx.Process(
+        "reid": lambda: ctx.Process(
             target=reid_process,
             args=(cfg, wiring),
             kwargs={"stop": stop_all, "drain": reid_drain},
             name="reid",
         ),
-        "cameras": ctx.Process(
+        "cameras": lambda: ctx.Process(
             target=camera_process,
             args=(cfg, wiring),
             kwargs={
@@ -367,6 +384,8 @@ def run_full(args, cfg: PipelineConfig) -> int:
             name="cameras",
         ),
     }
+    procs = {name: make() for name, make in factories.items()}
+    restarts = dict.fromkeys(procs, 0)
     interrupted = {"n": 0}
 
     def on_signal(signum, _frame):
@@ -379,6 +398,37 @@ def run_full(args, cfg: PipelineConfig) -> int:
         else:
             stop_all.set()
 
+    def supervise() -> None:
+        """Restart a re-ID worker or matcher that died (killed, out of memory...): the queues kept what it
+        had not acknowledged, and the new one finishes it. The cameras are not restarted (a replay would
+        start over; a live camera's tracks would be cut); their failure ends the run."""
+        for name in ("reid", "matcher"):
+            p = procs[name]
+            if p.is_alive() or p.exitcode == 0 or stop_all.is_set():
+                continue
+            if restarts[name] >= MAX_RESTARTS:
+                return
+            restarts[name] += 1
+            log.warning(
+                "the %s worker died (exit code %s); restarting it (%d/%d)",
+                name,
+                p.exitcode,
+                restarts[name],
+                MAX_RESTARTS,
+            )
+            procs[name] = factories[name]()
+            procs[name].start()
+
+    def wait(name: str) -> None:
+        while procs[name].is_alive() or (procs[name].exitcode not in (0, None) and _restartable(name)):
+            supervise()
+            procs[name].join(timeout=0.5)
+            if name == "cameras":
+                camera_stats.update(_drain_stats(stats_q))
+
+    def _restartable(name: str) -> bool:
+        return name != "cameras" and restarts[name] < MAX_RESTARTS and not stop_all.is_set()
+
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
     t0 = time.perf_counter()
@@ -386,11 +436,12 @@ def run_full(args, cfg: PipelineConfig) -> int:
     try:
         for p in procs.values():
             p.start()
-        camera_stats = _wait_camera(procs["cameras"], stats_q)
+        wait("cameras")
+        camera_stats.update(_drain_stats(stats_q))
         reid_drain.set()
-        procs["reid"].join()
+        wait("reid")
         matcher_drain.set()
-        procs["matcher"].join()
+        wait("matcher")
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
@@ -403,6 +454,9 @@ def run_full(args, cfg: PipelineConfig) -> int:
         queue.close()
         if broker is not None:
             broker.shutdown()
+    for name, n in restarts.items():
+        if n:
+            print(f"note: the {name} worker was restarted {n} time(s) during the run (see the log above)")
     failed = [n for n, p in procs.items() if p.exitcode not in (0, None)]
     summary = pipeline_summary(store, camera_stats, wall_s=time.perf_counter() - t0)
     store.dispose()
@@ -418,15 +472,14 @@ def run_full(args, cfg: PipelineConfig) -> int:
     return 0
 
 
-def _wait_camera(proc, stats_q) -> dict:
+def _drain_stats(stats_q) -> dict:
+    """The camera process's final statistics, when it has sent them."""
     stats: dict = {}
-    while proc.is_alive() or not stats_q.empty():
+    while True:
         try:
-            stats = stats_q.get(timeout=0.5)
+            stats = stats_q.get_nowait()
         except Exception:
-            continue
-    proc.join()
-    return stats
+            return stats
 
 
 def pipeline_summary(store, camera_stats: dict, *, wall_s: float) -> dict:

@@ -32,7 +32,14 @@ def part_visibility(temporal: np.ndarray) -> np.ndarray:
 
 
 class TrackletEncoder:
-    """Runs a re-ID network (DRSTA or the average-pooling baseline) on tracklets, batched."""
+    """Runs a re-ID network (DRSTA or the average-pooling baseline) on tracklets.
+
+    On CUDA a call is one forward pass. On the CPU each tracklet gets a forward pass of its own: CPU
+    convolutions round differently for different batch sizes (about 1e-7), so batching would make a tracklet's
+    embedding depend on which others the queue happened to deliver with it, and a replay would not be exactly
+    repeatable; one at a time it is bit-identical, and on this CPU no slower (8 OSNet clips: 0.30 s one by one,
+    0.35-0.51 s as one batch).
+    """
 
     def __init__(self, model: Embedder, *, model_name: str, device: torch.device | str = "cpu"):
         self.model = model.to(device).eval()
@@ -51,9 +58,10 @@ class TrackletEncoder:
             idx = restricted_random_sample(len(t), n, train=False)
             clips.append(preprocess_crops(t.crops[idx]))  # (N, 3, 256, 128)
         x = torch.stack(clips).to(self.device)  # (B, N, 3, H, W)
-        out = self.model.embed(x)
-        emb = out.embeddings.float().cpu().numpy()
-        temporal = out.temporal_attention.float().cpu().numpy()  # (B, N, K)
+        step = len(clips) if self.device.type == "cuda" else 1
+        outs = [self.model.embed(x[i : i + step]) for i in range(0, len(clips), step)]
+        emb = torch.cat([o.embeddings for o in outs]).float().cpu().numpy()
+        temporal = torch.cat([o.temporal_attention for o in outs]).float().cpu().numpy()  # (B, N, K)
         return [
             TrackletEmbedding(
                 camera_id=t.camera_id,
