@@ -380,6 +380,36 @@ def sql_tracklet_count(db_url: str) -> int:
         engine.dispose()
 
 
+def camera_health(db_url: str) -> dict[str, dict]:
+    """The ``cameras`` rows (latest health per camera, as the camera worker last reported it), by id; empty
+    while the schema does not exist yet."""
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, connected, reconnects, frames FROM cameras")).all()
+    except sa.exc.SQLAlchemyError:
+        return {}
+    finally:
+        engine.dispose()
+    return {r.id: {"connected": r.connected, "reconnects": r.reconnects, "frames": r.frames} for r in rows}
+
+
+def health_events(db_url: str, camera_id: str) -> list[tuple[float, str]]:
+    """``(POSIX time, event)`` of ``camera_id`` from ``camera_health_events``, oldest first."""
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT time, event FROM camera_health_events WHERE camera_id = :c ORDER BY time, id"
+                ),
+                {"c": camera_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return [(_posix(r.time), r.event) for r in rows]
+
+
 def check_store(db_url: str, written: Iterable[TrackletKey]) -> dict[str, int]:
     """Every tracklet the cameras wrote is in SQL exactly once, and the store is consistent.
 
