@@ -145,9 +145,27 @@ def camera_process(
             s.commit()
         health = HealthReporter(store, group)
         health.start()
-        if stop is not None:
-            threading.Thread(target=lambda: (stop.wait(), group.stop()), daemon=True).start()
-        return health.stop
+        if stop is None:
+            return health.stop
+        done = threading.Event()
+
+        def watch():
+            # Poll, never block in stop.wait(): a thread left inside a multiprocessing Event's wait (or holding
+            # its lock) when this process exits makes the parent's stop.set() wait for it forever.
+            while not done.wait(0.2):
+                if stop.is_set():
+                    group.stop()
+                    return
+
+        watcher = threading.Thread(target=watch, name="stop-watch", daemon=True)
+        watcher.start()
+
+        def on_end():
+            done.set()
+            watcher.join()
+            health.stop()
+
+        return on_end
 
     stats = run_camera_stage(
         cfg,
@@ -178,7 +196,10 @@ class HealthReporter(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
-        self.report()  # final state
+        try:
+            self.report()  # final state
+        except Exception as exc:  # the store being down must not fail the cameras' run
+            log.warning("final camera health not stored: %s", exc)
 
     def run(self) -> None:
         while not self._halt.wait(self.every_s):
@@ -209,7 +230,8 @@ class HealthReporter(threading.Thread):
                 if before is not None and before != h.connected:
                     event = "reconnected" if h.connected else "disconnected"
                     repo.add_health_event(s, cid, event=event, time=now, detail=h.last_error)
-                self._connected[cid] = h.connected
+                if h.connected or before is not None:  # still connecting at start is no outage yet
+                    self._connected[cid] = h.connected
             s.commit()
 
 

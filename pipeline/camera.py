@@ -34,6 +34,7 @@ from pipeline.tracklets import TrackletBuilder
 from trackers import Tracker
 
 _END = object()  # end-of-stream marker in a camera's frame queue
+SYNC_SLACK_S = 1.0  # recorded cameras replay together, none more than this ahead of the others (recorded time)
 
 
 @dataclass
@@ -74,6 +75,15 @@ class _Reader(threading.Thread):
         self.cam = cam
         self.frames: queue.Queue = queue.Queue(maxsize=maxsize)
         self.stop_event = stop
+        self.live = isinstance(cam.source, LiveStreamSource)
+        self.head: Frame | object | None = None  # the next item, taken out of ``frames`` but not yet used
+
+    def peek(self) -> None:
+        if self.head is None:
+            try:
+                self.head = self.frames.get_nowait()
+            except queue.Empty:
+                pass
 
     def run(self) -> None:
         try:
@@ -98,7 +108,9 @@ class CameraGroup:
     ``detect(images) -> list[Detections]`` is the detector (batched across cameras, at most ``batch`` frames
     per call). ``on_tracks(frame, detections, tracks)`` and ``on_tracklet(tracklet)`` receive every result;
     ``on_frame_done(camera_id)`` lets a caller move progress bars. ``run`` returns when every source has ended
-    (replay) or ``stop()`` was called (live / Ctrl-C); open tracklets are flushed to ``on_tracklet`` then.
+    (replay) or ``stop()`` was called (live / Ctrl-C). Open tracks are closed and handed on at the end of a
+    source and for live cameras on ``stop()``; a recorded camera stopped early keeps its open tracks back, so
+    that re-running the same footage stores them whole (see :meth:`_finish`).
     """
 
     def __init__(
@@ -124,8 +136,10 @@ class CameraGroup:
         self.on_frame_done = on_frame_done
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._readers = [_Reader(c, queue_size, self._stop) for c in self.cameras]
+        self._reader_of = {r.cam.camera_id: r for r in self._readers}
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,46 +149,57 @@ class CameraGroup:
 
     def run(self) -> dict[str, CameraStats]:
         t0 = time.perf_counter()
+        self._started_at = time.time()
         for r in self._readers:
             r.start()
         active = list(self._readers)
-        next_cam = 0
         try:
             while active and not self._stop.is_set():
-                picked: list[tuple[_Reader, Frame]] = []
-                ended: list[_Reader] = []
-                # round-robin over cameras, at most one frame per camera per batch (keeps per-camera order)
-                for i in range(len(active)):
-                    r = active[(next_cam + i) % len(active)]
-                    try:
-                        item = r.frames.get_nowait()
-                    except queue.Empty:
-                        continue
-                    if item is _END:
-                        ended.append(r)
-                    else:
-                        picked.append((r, item))
-                    if len(picked) >= self.batch:
-                        break
-                next_cam += 1
+                for r in active:
+                    r.peek()
+                ended = [r for r in active if r.head is _END]
                 for r in ended:
                     active.remove(r)
+                    r.head = None
                     self._finish(r.cam, t0)
+                picked = self._pick(active)
                 self._progress(active)
                 if not picked:
                     if active:
                         self._wait_any(active)
                     continue
+                for r, _ in picked:
+                    r.head = None
                 dets = self.detect([f.image for _, f in picked])
                 for (r, frame), d in zip(picked, dets, strict=True):
                     self._process(r.cam, frame, d)
         finally:
             self._stop.set()
-            for r in active:  # stopped early: flush what is open so nothing seen is lost
-                self._finish(r.cam, t0)
+            for r in active:  # stopped early (Ctrl-C)
+                self._finish(r.cam, t0, interrupted=True)
             for c in self.cameras:
                 c.source.close()
         return {c.camera_id: c.stats for c in self.cameras}
+
+    def _pick(self, active: list[_Reader]) -> list[tuple[_Reader, Frame]]:
+        """The frames to detect next, at most one per camera (per-camera order) and ``batch`` in all.
+
+        Live cameras first, whenever they have a frame. Recorded cameras play on one clock: only when every
+        one of them has its next frame ready, and only those within ``SYNC_SLACK_S`` of the earliest, in
+        timestamp order. So a multi-camera replay shows the cameras together as they were recorded (a camera
+        whose footage starts later waits for the clock to get there), and no camera runs ahead of the others
+        in recorded time, which the matcher would otherwise have to wait out (docs/matcher.md, "Order").
+        """
+        live = [r for r in active if r.live and isinstance(r.head, Frame)]
+        recorded = [r for r in active if not r.live]
+        ready: list[_Reader] = []
+        if recorded and all(isinstance(r.head, Frame) for r in recorded):
+            t_min = min(r.head.timestamp for r in recorded)  # type: ignore[union-attr]
+            ready = sorted(
+                (r for r in recorded if r.head.timestamp <= t_min + SYNC_SLACK_S),  # type: ignore[union-attr]
+                key=lambda r: (r.head.timestamp, r.cam.camera_id),  # type: ignore[union-attr]
+            )
+        return [(r, r.head) for r in [*live, *ready][: self.batch]]  # type: ignore[misc]
 
     def _wait_any(self, active: list[_Reader]) -> None:
         # cheap wait until some reader has something; the queues are small, so poll at a short interval
@@ -222,23 +247,31 @@ class CameraGroup:
             return
         # a live source that is down delivers nothing: the matcher should not wait for it meanwhile
         idle = isinstance(cam.source, LiveStreamSource) and not cam.source.health.connected
+        head = self._reader_of[cam.camera_id].head
+        wm = cam.builder.watermark_before(head.timestamp) if isinstance(head, Frame) else cam.builder.watermark
         marker = Progress(
             cam.camera_id,
             cam.published - 1,
-            cam.builder.watermark,
+            wm,
             cam.markers,
             idle=idle and not final,
             final=final,
             published_at=time.time(),
+            started_at=self._started_at,
         )
         cam.markers += 1
         cam.last_marker = time.monotonic()
         self.on_progress(marker)
 
-    def _finish(self, cam: Camera, t0: float) -> None:
+    def _finish(self, cam: Camera, t0: float, *, interrupted: bool = False) -> None:
+        """End one camera. A live camera's open tracks are closed and handed on (that video is gone). A
+        recorded one stopped early keeps them back: they were cut by the interruption, not closed by what the
+        camera saw, and a re-run of the same footage (same replay key) produces them whole; handed on now,
+        their cut versions would take the whole ones' keys in SQL."""
         if cam.stats.wall_s:
             return
-        self._emit_all(cam, cam.builder.flush())
+        if not interrupted or isinstance(cam.source, LiveStreamSource):
+            self._emit_all(cam, cam.builder.flush())
         cam.stats.wall_s = time.perf_counter() - t0
         self._marker(cam, final=True)
 

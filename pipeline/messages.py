@@ -156,7 +156,9 @@ class Progress:
     After the tracklets numbered up to ``last_seq`` (-1: none yet), every tracklet this camera publishes ends
     at or after ``watermark``. ``idle``: the source is not delivering frames (a live stream that is down), so
     the matcher need not wait for it; ``final``: the camera has ended and publishes nothing more. ``n`` counts
-    this camera's markers (0, 1, ...), so a later marker is known to be later.
+    this camera's markers (0, 1, ...), so a later marker is known to be later. ``started_at`` is the wall-clock
+    start of the camera worker run that sent it: a camera run again under the same key (a resumed replay)
+    sends later ones.
     """
 
     camera_id: str
@@ -166,6 +168,7 @@ class Progress:
     idle: bool = False
     final: bool = False
     published_at: float = 0.0
+    started_at: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.camera_id, str) or not self.camera_id:

@@ -80,6 +80,7 @@ class _Stream:
     watermark: float = -math.inf  # greatest applied watermark
     final: bool = False
     idle: bool = False
+    started_at: float = 0.0  # wall-clock start of the camera worker run whose markers apply
     last_pos: tuple[int, int, int] = (-1, 0, -1)  # publication position of the latest applied message
     waiting: dict[int, Held] = field(default_factory=dict)  # seq -> embedding ahead of a gap
     markers: list[tuple[Progress, str]] = field(default_factory=list)  # not yet applied (ahead of a gap)
@@ -160,6 +161,19 @@ class OrderedIntake:
         if isinstance(item, Progress):
             s = self._stream(session, item.camera_id, now)
             s.heard_at = now
+            if item.started_at < s.started_at:  # from a camera worker run that has since been replaced
+                self._ack.append(msg_id)
+                return
+            if item.started_at > s.started_at:
+                if s.started_at > 0 or s.final:
+                    # a camera worker that starts this run again (a replay resumed under the same key, a
+                    # restarted worker): it republishes from seq 0 (decided before: skipped) and goes on from
+                    # where the last one stopped; wait for it again
+                    s.final, s.idle, s.last_pos = False, False, (-1, 0, -1)
+                    self._ack.extend(old_id for _, old_id in s.markers)
+                    s.markers = []
+                    s.dirty = True
+                s.started_at = item.started_at
             s.markers.append((item, msg_id))
             self._advance(s, now)
             return

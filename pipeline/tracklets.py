@@ -274,6 +274,11 @@ class TrackletBuilder:
             return -math.inf
         return min([self._last_time, *(p.end_time for p in self._open.values())])
 
+    def watermark_before(self, next_time: float) -> float:
+        """:attr:`watermark` when the next frame is known to have timestamp ``next_time`` (a camera that has
+        not started yet is bounded by its first frame, not by ``-inf``)."""
+        return min([float(next_time), *(p.end_time for p in self._open.values())])
+
     @property
     def buffered_crops(self) -> int:
         """Crops held right now over all open pieces (each piece holds at most ``max_crops``)."""

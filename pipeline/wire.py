@@ -11,7 +11,7 @@ Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding" | "
 - ``order`` (optional on tracklets and embeddings) is ``{"seq": int, "watermark": float, "published_at":
   float}`` (:class:`pipeline.messages.Order`; a watermark of ``-inf`` is allowed);
 - a ``progress`` message is a camera's :class:`pipeline.messages.Progress` marker (``camera_id``,
-  ``last_seq``, ``watermark``, ``n``, ``idle``, ``final``, ``published_at``), sent on the embedding stream.
+  ``last_seq``, ``watermark``, ``n``, ``idle``, ``final``, ``published_at``, ``started_at``), sent on the embedding stream.
 
 Readers ignore keys they do not know, so v1 can gain optional fields; anything that changes the meaning of
 an existing key bumps ``v``. Decoders raise :class:`WireError` with a short reason (it is written to the
@@ -132,6 +132,7 @@ def encode_progress(p: Progress, *, session: str) -> bytes:
         idle=bool(p.idle),
         final=bool(p.final),
         published_at=float(p.published_at),
+        started_at=float(p.started_at),
     )
     return msgpack.packb(msg, use_bin_type=True)
 
@@ -336,6 +337,7 @@ def decode_matcher_input(data: bytes) -> tuple[TrackletEmbedding | Progress, str
             idle=_bool(msg, "idle"),
             final=_bool(msg, "final"),
             published_at=_float(msg, "published_at"),
+            started_at=_float(msg, "started_at") if "started_at" in msg else 0.0,
         )
     except ValueError as err:
         if isinstance(err, WireError):

@@ -351,3 +351,22 @@ def test_redelivered_duplicates_are_acknowledged_not_decided_twice():
     assert [h.msg_id for b in r.buckets for h in b] == ["x1"]
     assert sorted(r.ack) == ["x1", "x2"]
     assert r.progress and r.progress[0].next_seq == 1
+
+
+def test_a_camera_run_started_again_under_its_key_is_waited_for_again():
+    """A replay interrupted (its camera said final) and run again under the same key: the first marker of
+    the new run re-opens the stream, the republished tracklets are ready at once (already decided upstream),
+    the new ones are waited for in order again."""
+    clock = Clock()
+    intake = OrderedIntake(clock=clock)
+    intake.offer("a0", _emb("A", 0, end=2, wm=5), SESSION)
+    intake.offer("mA", Progress("A", 0, T0 + 5, 3, final=True, started_at=1.0), SESSION)  # interrupted
+    intake.offer("mB", Progress("B", -1, T0 + 100, 0), SESSION)
+    assert released_keys(intake) == [("A", 1, 0)]
+    assert intake.watermark() == T0 + 100  # A is final: only B counts
+    intake.offer("mA0", Progress("A", -1, T0 + 0, 0, started_at=2.0), SESSION)  # A runs again
+    intake.offer("mA-old", Progress("A", 0, T0 + 50, 2, started_at=1.0), SESSION)  # stale: ignored
+    assert intake.watermark() == T0 + 5  # waited for again, from where it stopped
+    intake.offer("a0'", _emb("A", 0, end=2, wm=5), SESSION)  # republished
+    intake.offer("a1", _emb("A", 1, end=8, wm=9), SESSION)  # new
+    assert released_keys(intake) == [("A", 1, 0), ("A", 2, 0)]  # the repeat (decided before) and the new one

@@ -35,7 +35,15 @@ from tests.conftest import PG_URL, pg_unreachable
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
-TABLES = {"cameras", "camera_health_events", "tracklets", "identities", "sightings", "embeddings", "match_progress"}
+TABLES = {
+    "cameras",
+    "camera_health_events",
+    "tracklets",
+    "identities",
+    "sightings",
+    "embeddings",
+    "match_progress",
+}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

@@ -308,7 +308,7 @@ def demo_config(
         plaza = shared_path("data/vtest/vtest.avi")
         cameras = (
             f'  - {{id: room-a, source: "{room_a}", start_time: "2024-05-14T09:00:00Z"}}\n'
-            f'  - {{id: plaza, source: "{plaza}", start_time: "2024-05-14T09:03:00Z"}}\n'
+            f'  - {{id: plaza, source: "{plaza}", start_time: "2024-05-14T09:00:05Z"}}\n'
         )
         extra = (
             "topology:\n  links: [{cameras: [room-a, plaza], min_transit_s: 10, max_transit_s: 600}]\n"

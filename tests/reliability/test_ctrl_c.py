@@ -117,14 +117,6 @@ class CutTracklets(AssertionError):
     """Tracklets in SQL whose span is the interrupted run's, not the complete replay's."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CutTracklets,
-    reason="Ctrl-C flushes open tracks as tracklets cut at the interruption, under the replay's session "
-    "key; replaying again produces the complete tracklets under the same natural keys, which "
-    "storage.repository.add_tracklet drops as repeats (keeping the cut span, with a warning), so "
-    "the frames after the interruption of every track that was open then never reach SQL",
-)
 def test_a_resumed_replay_stores_what_an_uninterrupted_replay_stores(replays):
     if replays.runs["run2"].poll() != 0:
         pytest.fail(
