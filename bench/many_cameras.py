@@ -1,32 +1,30 @@
-"""Many cameras: per-camera speed and the delay from a tracklet closing to its identity being in SQL.
+"""Many cameras: per-camera speed and the delay from a tracklet's publication to its identity being in SQL.
 
     python bench/many_cameras.py [--cameras configs/demo.yaml] [--counts 2,4,8] [--max-frames 150]
 
 For each count N it writes a temporary cams.yaml with N cameras made from the demo's videos (taken in
-turn; copy k gets the ids ``<id>-k``, start times shifted by k hours, and the demo's topology within the
-copy), runs ``run_pipeline.py`` on it (embedded queue, a fresh SQLite file, ``--max-frames``) as a child
-process, and prints the per-camera fps of ``summary.json``.
+turn; copy k gets the ids ``<id>-k``), runs ``run_pipeline.py`` on it (embedded queue, a fresh SQLite file,
+``--max-frames``) as a child process, and prints the per-camera fps of ``summary.json`` and the peak RSS of
+the process tree.
 
-Delay. ``sightings.decided_at`` is the wall time the matcher decided a tracklet's identity (the tracklet row
-is written in the same transaction), but the pipeline does not record the wall time a tracklet *closed* in the
-camera worker. This bench estimates it from outside, without changing the pipeline: while the run goes on it
-polls the ``cameras`` table, where the camera worker's health reporter writes every 2 s how many frames each
-source has read (``frames``) and when (``updated_at``). That gives, per camera, the wall time at which frame f
-was read (linear interpolation between reports). A tracklet closes at the frame ``last_frame + max_gap + 1``
-(its track has been absent for more than ``max_gap`` frames), or when its camera's footage ends (flush),
-whichever is first; the reader thread reads up to ``READ_AHEAD`` frames ahead of the frame being processed, so
-the closing frame is processed when ``closing frame + 1 + READ_AHEAD`` frames have been read; the last health
-report is written after the camera stage has ended (every camera flushed), which anchors the tracklets flushed
-at the end of the footage. delay = decided_at - that wall time. It covers publishing, the re-ID worker
-(batching wait + encoding), the embedding stream and the matcher's commit. Error: a few frames of the camera's
-processing time (health reports are 2 s apart; the read-ahead is the queue bound, exact only when the detector
-is the bottleneck, which it is on CPU). Tracklets closing before the first health report are left out
-(``delay_n`` says how many were measured). The exact figure needs one small pipeline change: a wall-clock
-``closed_at`` set by the tracklet builder when it closes a piece, carried in the tracklet message and stored
-in ``tracklets``; then delay = decided_at - closed_at in SQL.
+Copies are separate sites recorded at the same time: every copy keeps the demo's own start times, so the
+replay clock (``CameraGroup._pick``) plays the copies side by side. Within a copy the demo's cameras still
+start when the demo says (a later one waits for the clock), so fewer than N cameras may be decoding at once.
+Each copy gets the demo's topology among its own cameras only; with links or overlaps configured, the
+matcher's ``Topology`` closes every pair not listed, so no identity spans two copies. Per-camera fps is
+frames / wall time from the start of the camera stage to the end of that camera, waiting included.
 
-Last line: one JSON object with ``fps_per_camera_N`` (mean of the cameras' fps), ``delay_s_p50_N`` and
-``delay_s_p95_N`` for each count N.
+Delay, exact, per tracklet, from SQL after the run: ``sightings.decided_at - tracklets.published_at``. The
+camera worker stamps ``published_at`` when it publishes a closed tracklet; the matcher stamps
+``decided_at`` when it commits the identity (with the tracklet row, in one transaction). In between: the
+re-ID worker (batching wait and encoding), the embedding stream, the matcher's ordering wait (a closing-time
+bucket is decided only once every camera has passed it, docs/matcher.md, "Order") and the SQL commit. It
+does not include the time before publication (the ``max_gap`` frames a track must be absent to close).
+Both stamps are wall clocks of the same machine. Tracklets without ``published_at`` (a producer without
+ordering) are left out; ``delay_n`` says how many were measured.
+
+Last line: one JSON object with ``fps_per_camera_N`` (mean of the cameras' fps), ``delay_s_p50_N``,
+``delay_s_p95_N`` and ``delay_n_N`` for each count N.
 """
 
 from __future__ import annotations
@@ -36,9 +34,7 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.replay import tree_rss  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from storage.models import CameraRow, SightingRow, TrackletRow  # noqa: E402
-
-READ_AHEAD = 5  # camera.py: a reader queue of 4 frames plus the one blocked in put()
-POLL_S = 0.25
+from storage.models import SightingRow, TrackletRow  # noqa: E402
 
 
 def _absolute(value: str, base: Path) -> str:
@@ -62,7 +55,11 @@ def _absolute(value: str, base: Path) -> str:
 
 
 def many_cameras_config(demo_yaml: Path, n: int) -> dict:
-    """The demo config with ``n`` cameras: the demo's cameras taken in turn, copy k as ``<id>-k``."""
+    """The demo config with ``n`` cameras: the demo's cameras taken in turn, copy k as ``<id>-k`` with the
+    demo's start times and the demo's topology among its own cameras.
+
+    Raises ValueError when there is more than one copy but no topology pair survives: the matcher would then
+    leave every pair open and link identities across copies."""
     raw = yaml.safe_load(demo_yaml.read_text())
     base = demo_yaml.resolve().parent
     demo = raw["cameras"]
@@ -72,9 +69,6 @@ def many_cameras_config(demo_yaml: Path, n: int) -> dict:
         cam = dict(demo[c])
         cam["id"] = f"{cam['id']}-{k}"
         cam["source"] = _absolute(cam["source"], base)
-        if "start_time" in cam:
-            start = datetime.fromisoformat(str(cam["start_time"])) + timedelta(hours=k)
-            cam["start_time"] = start.isoformat()
         cams.append(cam)
     ids = {c["id"] for c in cams}
     copies = range((n + len(demo) - 1) // len(demo))
@@ -91,112 +85,53 @@ def many_cameras_config(demo_yaml: Path, n: int) -> dict:
         "overlaps": [p for p in overlaps if set(p) <= ids],
         "links": [link for link in links if set(link["cameras"]) <= ids],
     }
+    if len(copies) > 1 and not (raw["topology"]["overlaps"] or raw["topology"]["links"]):
+        raise ValueError(
+            f"{demo_yaml}: {n} cameras make {len(copies)} copies but no topology pair within a copy; "
+            "an empty topology leaves every pair open, so identities would be linked across copies"
+        )
     raw["detector"]["weights"] = _absolute(raw["detector"]["weights"], base)
     raw.pop("db", None)  # --db is given on the command line
     return raw
 
 
-class HealthPoller(threading.Thread):
-    """Records every distinct (camera, updated_at, frames) health report of the store while the run goes on."""
-
-    def __init__(self, db_url: str):
-        super().__init__(name="health-poller", daemon=True)
-        self.engine = sa.create_engine(db_url)
-        self.halt = threading.Event()
-        self.reports: dict[str, dict[float, int]] = {}
-
-    def run(self) -> None:
-        query = sa.select(CameraRow.id, CameraRow.updated_at, CameraRow.frames)
-        while not self.halt.wait(POLL_S):
-            self.poll(query)
-        self.poll(query)
-
-    def poll(self, query) -> None:
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except sa.exc.OperationalError:  # the file or table does not exist yet, or is locked for a moment
-            return
-        for cid, updated, frames in rows:
-            if updated is not None:
-                self.reports.setdefault(cid, {})[updated.timestamp()] = frames
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join()
-        self.engine.dispose()
-
-
-def processed_curve(by_time: dict[float, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(frames processed, wall time) points of one camera, strictly increasing in frames.
-
-    While the source is being read, processed = read - READ_AHEAD, taken at the first report of each count.
-    The last report is written after the camera stage ended (its camera flushed), when all n frames were
-    processed: the point (n, last wall time).
-    """
-    walls = sorted(by_time)
-    n = max(by_time.values())
-    first: dict[int, float] = {}
-    for w in walls:
-        first.setdefault(by_time[w], w)
-    pts = [(f - READ_AHEAD, w) for f, w in sorted(first.items()) if READ_AHEAD < f < n]
-    pts.append((n, walls[-1]))
-    done, at = np.array(pts, dtype=float).T
-    return done, at
-
-
-def closing_delays(
-    db_url: str, reports: dict[str, dict[float, int]], *, max_gap: int
-) -> list[tuple[float, bool]]:
-    """(decided_at - estimated wall time of closing in s, closed by the final flush) per placeable tracklet."""
+def publish_to_decision_delays(db_url: str) -> list[float]:
+    """``decided_at - published_at`` in seconds, one per tracklet with a sighting and a ``published_at``."""
     engine = sa.create_engine(db_url)
-    query = sa.select(TrackletRow.camera_id, TrackletRow.last_frame, SightingRow.decided_at).join(
-        SightingRow, SightingRow.tracklet_id == TrackletRow.id
+    query = (
+        sa.select(TrackletRow.published_at, SightingRow.decided_at)
+        .join(SightingRow, SightingRow.tracklet_id == TrackletRow.id)
+        .where(TrackletRow.published_at.is_not(None))
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     engine.dispose()
-    curves = {cid: processed_curve(by_time) for cid, by_time in reports.items() if by_time}
-    delays = []
-    for cid, last_frame, decided_at in rows:
-        if cid not in curves:
-            continue
-        done, walls = curves[cid]
-        n = int(done[-1])
-        closing = min(last_frame + max_gap + 1, n - 1)  # absent for > max_gap frames, or the flush at the end
-        if closing + 1 < done[0]:
-            continue  # before the first health report: no anchor
-        closed_wall = float(np.interp(closing + 1, done, walls))
-        delays.append((decided_at.timestamp() - closed_wall, closing == n - 1))
-    return delays
+    return [(decided - published).total_seconds() for published, decided in rows]
 
 
 def run_once(demo_yaml: Path, n: int, max_frames: int, tmp: Path) -> dict:
     cams_yaml = tmp / f"cams{n}.yaml"
     cams_yaml.write_text(yaml.safe_dump(many_cameras_config(demo_yaml, n), sort_keys=False))
-    cfg = load_config(cams_yaml)  # fails here, naming the key, if the generated config is wrong
+    load_config(cams_yaml)  # fails here, naming the key, if the generated config is wrong
     db_url = f"sqlite:///{tmp}/bench{n}.db"
     out = tmp / f"out{n}"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--cameras", str(cams_yaml), "--quiet"]
     cmd += ["--db", db_url, "--out", str(out), "--max-frames", str(max_frames)]
-    poller = HealthPoller(db_url)
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    poller.start()
     proc = psutil.Process(child.pid)
     peak = 0
     while child.poll() is None:
         peak = max(peak, tree_rss(proc))
         time.sleep(0.2)
     wall = time.perf_counter() - t0
-    poller.stop()
     _, stderr = child.communicate()
     if child.returncode != 0:
         print(stderr[-3000:], file=sys.stderr)
         raise RuntimeError(f"run_pipeline.py with {n} cameras exited with {child.returncode}")
     summary = json.loads((out / "summary.json").read_text())
     fps = {cid: c["fps"] for cid, c in summary["cameras"].items()}
-    delays = closing_delays(db_url, poller.reports, max_gap=cfg.tracklets.max_gap)
+    delays = publish_to_decision_delays(db_url)
     return {
         "fps": fps,
         "wall_s": round(wall, 1),
@@ -229,20 +164,18 @@ def main(argv=None) -> int:
             result[f"fps_total_{n}"] = round(sum(r["fps"].values()), 2)
             result[f"wall_s_{n}"] = r["wall_s"]
             result[f"peak_rss_mb_{n}"] = r["peak_rss_mb"]
-            d = np.array([delay for delay, _ in r["delays"]])
+            d = np.array(r["delays"])
             result[f"delay_n_{n}"] = int(d.size)
-            result[f"delay_n_flushed_{n}"] = sum(flushed for _, flushed in r["delays"])
             if d.size:
                 p50, p95 = np.percentile(d, [50, 95])
                 result[f"delay_s_p50_{n}"] = round(float(p50), 2)
                 result[f"delay_s_p95_{n}"] = round(float(p95), 2)
                 print(
-                    f"  close -> identity in SQL: p50 {p50:.2f} s, p95 {p95:.2f} s, "
-                    f"max {d.max():.2f} s over {d.size} tracklets "
-                    f"({result[f'delay_n_flushed_{n}']} closed by the flush at the end)"
+                    f"  publish -> identity in SQL: p50 {p50:.2f} s, p95 {p95:.2f} s, "
+                    f"max {d.max():.2f} s over {d.size} tracklets"
                 )
             else:
-                print("  close -> identity in SQL: no tracklet could be placed")
+                print("  publish -> identity in SQL: no tracklet with published_at and a sighting")
     print(json.dumps(result))
     return 0
 
