@@ -4,10 +4,18 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .PHONY: setup demo test lint
 
+# System tools: ffmpeg (ffprobe, test streams) and redis-server (the reliability tests restart a private one).
+# Installed with apt-get when missing and running as root; otherwise say what to install.
+APT_TOOLS = ffmpeg:ffmpeg redis-server:redis-server
+
 setup:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq ffmpeg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq ffmpeg)); \
-	  else echo "ffmpeg is missing: install it with your package manager (e.g. sudo apt-get install ffmpeg)"; exit 1; fi; }
+	@for pair in $(APT_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq $$pkg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $$pkg >/dev/null)) \
+	      || { echo "could not install $$pkg with apt-get"; exit 1; }; \
+	  else echo "$$tool is missing: install it with your package manager (e.g. sudo apt-get install $$pkg)"; \
+	    [ $$tool = ffmpeg ] && exit 1; fi; done
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 
 demo: setup

@@ -7,12 +7,11 @@ turn; copy k gets the ids ``<id>-k``), runs ``run_pipeline.py`` on it (embedded 
 ``--max-frames``) as a child process, and prints the per-camera fps of ``summary.json`` and the peak RSS of
 the process tree.
 
-Copies are separate sites recorded at the same time: every copy keeps the demo's own start times, so the
-replay clock (``CameraGroup._pick``) plays the copies side by side. Within a copy the demo's cameras still
-start when the demo says (a later one waits for the clock), so fewer than N cameras may be decoding at once.
-Each copy gets the demo's topology among its own cameras only; with links or overlaps configured, the
-matcher's ``Topology`` closes every pair not listed, so no identity spans two copies. Per-camera fps is
-frames / wall time from the start of the camera stage to the end of that camera, waiting included.
+All N cameras start at the demo's first start time: N cameras recording at once, which the replay clock
+(``CameraGroup._pick``) plays side by side (with the demo's staggered start times a later camera would wait
+for the clock to reach it). Each copy gets the demo's topology among its own cameras only; with links or
+overlaps configured, the matcher's ``Topology`` closes every pair not listed, so no identity spans two
+copies. Per-camera fps is frames / wall time from the start of the camera stage to the end of that camera.
 
 Delay, exact, per tracklet, from SQL after the run: ``sightings.decided_at - tracklets.published_at``. The
 camera worker stamps ``published_at`` when it publishes a closed tracklet; the matcher stamps
@@ -55,19 +54,23 @@ def _absolute(value: str, base: Path) -> str:
 
 
 def many_cameras_config(demo_yaml: Path, n: int) -> dict:
-    """The demo config with ``n`` cameras: the demo's cameras taken in turn, copy k as ``<id>-k`` with the
-    demo's start times and the demo's topology among its own cameras.
+    """The demo config with ``n`` cameras: the demo's cameras taken in turn, copy k as ``<id>-k``, every
+    camera starting at the demo's first start time (``n`` cameras recording at once: recorded cameras replay
+    on one clock, so staggered start times would run them one after another), and the demo's topology among
+    each copy's own cameras.
 
     Raises ValueError when there is more than one copy but no topology pair survives: the matcher would then
     leave every pair open and link identities across copies."""
     raw = yaml.safe_load(demo_yaml.read_text())
     base = demo_yaml.resolve().parent
     demo = raw["cameras"]
+    start = min(str(c["start_time"]) for c in demo)
     cams = []
     for i in range(n):
         k, c = divmod(i, len(demo))
         cam = dict(demo[c])
         cam["id"] = f"{cam['id']}-{k}"
+        cam["start_time"] = start
         cam["source"] = _absolute(cam["source"], base)
         cams.append(cam)
     ids = {c["id"] for c in cams}

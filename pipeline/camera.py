@@ -34,7 +34,9 @@ from pipeline.tracklets import TrackletBuilder
 from trackers import Tracker
 
 _END = object()  # end-of-stream marker in a camera's frame queue
-SYNC_SLACK_S = 1.0  # recorded cameras replay together, none more than this ahead of the others (recorded time)
+SYNC_SLACK_S = (
+    1.0  # recorded cameras replay together, none more than this ahead of the others (recorded time)
+)
 
 
 @dataclass
@@ -248,7 +250,9 @@ class CameraGroup:
         # a live source that is down delivers nothing: the matcher should not wait for it meanwhile
         idle = isinstance(cam.source, LiveStreamSource) and not cam.source.health.connected
         head = self._reader_of[cam.camera_id].head
-        wm = cam.builder.watermark_before(head.timestamp) if isinstance(head, Frame) else cam.builder.watermark
+        wm = (
+            cam.builder.watermark_before(head.timestamp) if isinstance(head, Frame) else cam.builder.watermark
+        )
         marker = Progress(
             cam.camera_id,
             cam.published - 1,
