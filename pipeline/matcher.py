@@ -493,10 +493,11 @@ class Gallery:
         for key, (_, run) in sorted(latest.items(), key=lambda kv: kv[1][0]):
             members = runs[run]
             chunks = [parsed[i][3][1] for i in members]  # type: ignore[index]
+            last = max(members, key=lambda i: (parsed[i][1].end, parsed[i][3][1]))  # type: ignore[index]
             gallery._remember_track(
                 key,
                 _TrackEntry(
-                    parsed[members[0]][0],
+                    parsed[last][0],
                     tokens[run],
                     min(chunks),
                     max(chunks),

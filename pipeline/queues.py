@@ -985,10 +985,7 @@ class RedisQueue:
             if not rows:
                 continue  # another consumer claimed it in between
             msg = Message(entry_id, stream, payload, int(rows[0]["times_delivered"]))
-            if msg.deliveries > self.max_deliveries:
-                reason = f"delivered {msg.deliveries} times, more than max_deliveries={self.max_deliveries}"
-                self.dead_letter(stream, group, msg, reason)
-            else:
+            if self._not_poison(group, msg):
                 out.append(msg)
         return out
 
@@ -1019,12 +1016,17 @@ class RedisQueue:
                 self._run(what, lambda entry_id=entry_id: self._client.xack(stream, group, entry_id))
                 continue
             msg = Message(entry_id, stream, fields.get(b"data", b""), times.get(entry_id, 0) + 1)
-            if msg.deliveries > self.max_deliveries:
-                reason = f"delivered {msg.deliveries} times, more than max_deliveries={self.max_deliveries}"
-                self.dead_letter(stream, group, msg, reason)
-            else:
+            if self._not_poison(group, msg):
                 out.append(msg)
         return out
+
+    def _not_poison(self, group: str, msg: Message) -> bool:
+        """False (and moved to the dead-letter stream) for a message handed out more than max_deliveries times."""
+        if msg.deliveries <= self.max_deliveries:
+            return True
+        reason = f"delivered {msg.deliveries} times, more than max_deliveries={self.max_deliveries}"
+        self.dead_letter(msg.stream, group, msg, reason)
+        return False
 
     def dead_letter(self, stream: str, group: str, message: Message, reason: str) -> None:
         _name("stream", stream)

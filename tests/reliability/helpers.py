@@ -299,6 +299,7 @@ def demo_config(
     realtime: bool = False,
     cameras: str | None = None,
     extra: str = "",
+    tracklets: str = "{max_crops: 8, max_gap: 10}",
 ) -> Path:
     """A short 2-camera config like ``tests/test_pipeline_e2e.demo_config`` (room-a and plaza replayed from
     ``../shared``); ``cameras`` replaces the camera list (YAML items), ``extra`` adds top-level sections."""
@@ -319,7 +320,7 @@ def demo_config(
         "cameras:\n"
         + cameras
         + f'detector: {{weights: "{det}", conf: 0.35}}\n'
-        + "tracklets: {max_crops: 8, max_gap: 10}\n"
+        + f"tracklets: {tracklets}\n"
         + f"replay: {{realtime: {'true' if realtime else 'false'}}}\n"
         + f'queue: {{stream_prefix: "{prefix}"}}\n'
         + extra

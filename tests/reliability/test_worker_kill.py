@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO
+from tests.reliability.helpers import demo_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -29,24 +30,10 @@ CAMERAS = ("room-a", "plaza")
 
 
 def write_config(tmp_path: Path) -> Path:
-    room_a = shared_path("data/intel-sample-videos/one-by-one-person-detection.mp4")
-    plaza = shared_path("data/vtest/vtest.avi")
-    det = shared_path("assets/detectors/yolo11n_int8_openvino_model")
-    p = tmp_path / "cams.yaml"
-    p.write_text(
-        f"""
-cameras:
-  - {{id: room-a, source: "{room_a}", start_time: "2024-05-14T09:00:00Z"}}
-  - {{id: plaza, source: "{plaza}", start_time: "2024-05-14T09:00:20Z"}}
-detector: {{weights: "{det}", conf: 0.35}}
-tracklets: {{max_crops: 8, max_gap: 10, max_length: 50}}
-reid: {{batch_size: 4}}
-topology:
-  links: [{{cameras: [room-a, plaza], min_transit_s: 0, max_transit_s: 600}}]
-matcher: {{threshold: 0.6}}
-"""
+    # chunks (max_length) so that chunk continuity across a restart is exercised too
+    return demo_config(
+        tmp_path, tracklets="{max_crops: 8, max_gap: 10, max_length: 50}", extra="reid: {batch_size: 4}\n"
     )
-    return p
 
 
 def start(cfg: Path, db: Path, out: Path) -> subprocess.Popen:
