@@ -414,7 +414,7 @@ def run_full(args, cfg: PipelineConfig) -> int:
         interrupted["n"] += 1
         if interrupted["n"] == 1:
             print(
-                "\nstopping: cameras flush their open tracklets, then the queues drain (Ctrl-C again to abort)"
+                "\nstopping: the cameras stop, then the queues drain into SQL (Ctrl-C again to abort)"
             )
             stop_cameras.set()
         else:

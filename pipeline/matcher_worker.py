@@ -129,6 +129,13 @@ def run_matcher_worker(
         queue.ack(stream, group, release.ack)  # only after the commit
         for msg_id in release.ack:
             held.pop(msg_id, None)
+    if intake is not None and (intake.late or intake.skipped):
+        log.warning(
+            "out of order: %d tracklet(s) decided after their time had been decided, %d announced but never "
+            "received (docs/matcher.md, 'Order'): this run's identities may differ from an undisturbed run's",
+            intake.late,
+            intake.skipped,
+        )
     return assigned
 
 
