@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import sqlalchemy as sa
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.replay import tree_rss  # noqa: E402
+from bench.replay import run_watched  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from storage.models import SightingRow, TrackletRow  # noqa: E402
 
@@ -120,18 +117,10 @@ def run_once(demo_yaml: Path, n: int, max_frames: int, tmp: Path) -> dict:
     out = tmp / f"out{n}"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--cameras", str(cams_yaml), "--quiet"]
     cmd += ["--db", db_url, "--out", str(out), "--max-frames", str(max_frames)]
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = psutil.Process(child.pid)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, tree_rss(proc))
-        time.sleep(0.2)
-    wall = time.perf_counter() - t0
-    _, stderr = child.communicate()
-    if child.returncode != 0:
+    returncode, _, stderr, wall, peak = run_watched(cmd)
+    if returncode != 0:
         print(stderr[-3000:], file=sys.stderr)
-        raise RuntimeError(f"run_pipeline.py with {n} cameras exited with {child.returncode}")
+        raise RuntimeError(f"run_pipeline.py with {n} cameras exited with {returncode}")
     summary = json.loads((out / "summary.json").read_text())
     fps = {cid: c["fps"] for cid, c in summary["cameras"].items()}
     delays = publish_to_decision_delays(db_url)

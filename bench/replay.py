@@ -38,6 +38,20 @@ def footage_seconds(cfg, max_frames: int | None) -> dict[str, float]:
     return out
 
 
+def run_watched(cmd: list[str]) -> tuple[int, str, str, float, float]:
+    """Run ``cmd`` from the repository root; return (exit code, stdout, stderr, wall seconds, peak tree RSS)."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = psutil.Process(child.pid)
+    peak = 0.0
+    while child.poll() is None:
+        peak = max(peak, tree_rss(proc))
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    stdout, stderr = child.communicate()
+    return child.returncode, stdout, stderr, wall, peak
+
+
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
@@ -60,18 +74,10 @@ def main(argv=None) -> int:
         cmd += ["--db", f"sqlite:///{tmp}/bench.db", "--out", f"{tmp}/out"]
         if args.max_frames:
             cmd += ["--max-frames", str(args.max_frames)]
-        t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        proc = psutil.Process(child.pid)
-        peak = 0
-        while child.poll() is None:
-            peak = max(peak, tree_rss(proc))
-            time.sleep(0.2)
-        wall = time.perf_counter() - t0
-        stdout, stderr = child.communicate()
-        if child.returncode != 0:
+        returncode, stdout, stderr, wall, peak = run_watched(cmd)
+        if returncode != 0:
             print(stderr[-3000:], file=sys.stderr)
-            return child.returncode
+            return returncode
         summary = json.loads(Path(tmp, "out", "summary.json").read_text())
     print(stdout.strip())
     longest = max(seconds.values())
