@@ -413,12 +413,13 @@ def run_full(args, cfg: PipelineConfig) -> int:
     def on_signal(signum, _frame):
         interrupted["n"] += 1
         if interrupted["n"] == 1:
-            print(
-                "\nstopping: the cameras stop, then the queues drain into SQL (Ctrl-C again to abort)"
-            )
+            print("\nstopping: the cameras stop, then the queues drain into SQL (Ctrl-C again to abort)")
             stop_cameras.set()
         else:
             stop_all.set()
+
+    def restartable(name: str) -> bool:
+        return name != "cameras" and restarts[name] < MAX_RESTARTS and not stop_all.is_set()
 
     def supervise() -> None:
         """Restart a re-ID worker or matcher that died (killed, out of memory...): the queues kept what it
@@ -426,10 +427,8 @@ def run_full(args, cfg: PipelineConfig) -> int:
         start over; a live camera's tracks would be cut); their failure ends the run."""
         for name in ("reid", "matcher"):
             p = procs[name]
-            if p.is_alive() or p.exitcode == 0 or stop_all.is_set():
+            if p.is_alive() or p.exitcode == 0 or not restartable(name):
                 continue
-            if restarts[name] >= MAX_RESTARTS:
-                return
             restarts[name] += 1
             log.warning(
                 "the %s worker died (exit code %s); restarting it (%d/%d)",
@@ -442,14 +441,11 @@ def run_full(args, cfg: PipelineConfig) -> int:
             procs[name].start()
 
     def wait(name: str) -> None:
-        while procs[name].is_alive() or (procs[name].exitcode not in (0, None) and _restartable(name)):
+        while procs[name].is_alive() or (procs[name].exitcode not in (0, None) and restartable(name)):
             supervise()
             procs[name].join(timeout=0.5)
             if name == "cameras":
                 camera_stats.update(_drain_stats(stats_q))
-
-    def _restartable(name: str) -> bool:
-        return name != "cameras" and restarts[name] < MAX_RESTARTS and not stop_all.is_set()
 
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)

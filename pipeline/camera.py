@@ -34,9 +34,8 @@ from pipeline.tracklets import TrackletBuilder
 from trackers import Tracker
 
 _END = object()  # end-of-stream marker in a camera's frame queue
-SYNC_SLACK_S = (
-    1.0  # recorded cameras replay together, none more than this ahead of the others (recorded time)
-)
+# recorded cameras replay together, none more than this ahead of the others (recorded time, seconds)
+SYNC_SLACK_S = 1.0
 
 
 @dataclass
@@ -138,7 +137,7 @@ class CameraGroup:
         self.on_frame_done = on_frame_done
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
-        self._started_at = time.time()
+        self._started_at = 0.0  # wall clock of run(), sent in every progress marker
         self._stop = threading.Event()
         self._readers = [_Reader(c, queue_size, self._stop) for c in self.cameras]
         self._reader_of = {r.cam.camera_id: r for r in self._readers}
@@ -247,9 +246,10 @@ class CameraGroup:
     def _marker(self, cam: Camera, *, final: bool = False) -> None:
         if self.on_progress is None:
             return
+        reader = self._reader_of[cam.camera_id]
         # a live source that is down delivers nothing: the matcher should not wait for it meanwhile
-        idle = isinstance(cam.source, LiveStreamSource) and not cam.source.health.connected
-        head = self._reader_of[cam.camera_id].head
+        idle = reader.live and not cam.source.health.connected
+        head = reader.head
         wm = (
             cam.builder.watermark_before(head.timestamp) if isinstance(head, Frame) else cam.builder.watermark
         )
@@ -274,7 +274,7 @@ class CameraGroup:
         their cut versions would take the whole ones' keys in SQL."""
         if cam.stats.wall_s:
             return
-        if not interrupted or isinstance(cam.source, LiveStreamSource):
+        if not interrupted or self._reader_of[cam.camera_id].live:
             self._emit_all(cam, cam.builder.flush())
         cam.stats.wall_s = time.perf_counter() - t0
         self._marker(cam, final=True)

@@ -72,7 +72,8 @@ def run_matcher_worker(
     """Serve until ``stop``, or until ``drain`` is set and the stream has no lag. Returns tracklets assigned.
 
     At start it takes over every message still pending in ``group`` (exactly one matcher runs, so those
-    belong to a predecessor that died) before reading anything new; embeddings are decided in the order of :class:`pipeline.ordering.OrderedIntake` (``window_s``, ``max_wait_s``).
+    belong to a predecessor that died) before reading anything new; embeddings are decided in the order of
+    :class:`pipeline.ordering.OrderedIntake` (``window_s``, ``max_wait_s``).
     ``expect=(session, camera_ids)``: the streams of this run, waited for before they say anything. When a
     transaction fails, SQL stays the truth: the gallery and the intake are rebuilt from it and every message
     still held is offered again (nothing is read twice from the queue, so nothing nears ``max_deliveries``).
@@ -81,7 +82,6 @@ def run_matcher_worker(
     held: dict[str, Message] = {}  # every message read and not yet acknowledged, in arrival order
     matcher: Matcher | None = None
     intake: OrderedIntake | None = None
-    decode = _decoder()
     assigned = 0
     started = False
     while not (stop is not None and stop.is_set()):

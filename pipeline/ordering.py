@@ -191,7 +191,7 @@ class OrderedIntake:
         s.heard_at = now
         seq = int(item.order.seq)
         if seq < s.next_seq:  # read before a restart, not yet decided then: ready as it is
-            self._make_ready(held, now)
+            self._make_ready(held)
         else:
             s.waiting[seq] = held
             self._advance(s, now)
@@ -220,28 +220,20 @@ class OrderedIntake:
         bound = self.watermark()
         out = Release(unordered=self._unordered, ack=self._ack)
         self._unordered, self._ack = [], []
-        if self._ready:
-            ripe = [h for h in self._ready if self._bucket_end(h) <= bound]
-            if ripe:
-                keep = [h for h in self._ready if self._bucket_end(h) > bound]
-                self._ready = keep
-                ripe.sort(key=lambda h: (h.embedding.end_time, h.embedding.key, h.session))
-                current: float | None = None
-                for h in ripe:
-                    b = self._bucket(h)
-                    if b != current:
-                        out.buckets.append([])
-                        current = b
-                    out.buckets[-1].append(h)
+        ripe = [h for h in self._ready if self._bucket_end(h) <= bound]
+        if ripe:
+            self._ready = [h for h in self._ready if self._bucket_end(h) > bound]
+            ripe.sort(key=lambda h: (h.embedding.end_time, h.embedding.key, h.session))
+            for h in ripe:
+                if not out.buckets or self._bucket(out.buckets[-1][0]) != self._bucket(h):
+                    out.buckets.append([])
+                out.buckets[-1].append(h)
         if bound > self._released_to:
             self._released_to = (
                 math.floor(bound / self.window_s) * self.window_s if math.isfinite(bound) else bound
             )
-        for h in out.unordered:
+        for h in [*out.unordered, *ripe]:
             out.ack.append(h.msg_id)
-        for bucket in out.buckets:
-            out.ack.extend(h.msg_id for h in bucket)
-        for h in [*out.unordered, *(h for b in out.buckets for h in b)]:
             self._held_keys.pop((h.session, *h.embedding.key), None)
         for s in self._streams.values():
             if s.dirty:
@@ -258,13 +250,13 @@ class OrderedIntake:
             s = self._streams[(session, camera_id)] = _Stream(session, camera_id, now, now, dirty=True)
         return s
 
-    def _bucket(self, h: Held) -> float:
+    def _bucket(self, h: Held) -> int:
         return math.floor(h.embedding.end_time / self.window_s)
 
     def _bucket_end(self, h: Held) -> float:
         return (self._bucket(h) + 1) * self.window_s
 
-    def _make_ready(self, h: Held, now: float) -> None:
+    def _make_ready(self, h: Held) -> None:
         if self._bucket_end(h) <= self._released_to:
             self.late += 1
             log.info(
@@ -276,7 +268,7 @@ class OrderedIntake:
         """Move the stream's frontier over what has arrived; apply the markers it has reached."""
         while s.next_seq in s.waiting:
             h = s.waiting.pop(s.next_seq)
-            self._make_ready(h, now)
+            self._make_ready(h)
             pos = (s.next_seq, 0, -1)
             if pos > s.last_pos:
                 s.last_pos, s.idle = pos, False
