@@ -92,7 +92,7 @@ def load(args: argparse.Namespace):
 
 def run_tracklets_only(args: argparse.Namespace) -> int:
     from models.runtime import configure_torch
-    from pipeline.runtime import build_detector, run_camera_stage
+    from pipeline.camera.stage import build_detector, run_camera_stage
 
     cfg = load(args)
     if not args.out:
@@ -148,26 +148,26 @@ def _stop_on_signals(group) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pipeline.camera.detector import DetectorError
+    from pipeline.camera.sources import SourceError
     from pipeline.config import ConfigError
-    from pipeline.detector import DetectorError
-    from pipeline.queues import QueueError
-    from pipeline.sources import SourceError
+    from pipeline.transport.queues import QueueError
     from storage.db import StoreError
 
     try:
         if argv and argv[0] == "query":
-            from pipeline.query import run_query
+            from pipeline.tools.query import run_query
 
             return run_query(query_parser().parse_args(argv[1:]))
         if argv and argv[0] == "worker":
-            from pipeline.app import run_role
+            from pipeline.runtime.app import run_role
 
             args = worker_parser().parse_args(argv[1:])
             return run_role(args, load(args))
         args = main_parser().parse_args(argv)
         if args.until == "tracklets":
             return run_tracklets_only(args)
-        from pipeline.app import run_full
+        from pipeline.runtime.app import run_full
 
         return run_full(args, load(args))
     except (

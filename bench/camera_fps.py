@@ -24,10 +24,10 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import cv2  # noqa: E402
 import psutil  # noqa: E402
 
-from pipeline.camera import Camera, CameraGroup  # noqa: E402
-from pipeline.detector import PersonDetector  # noqa: E402
-from pipeline.sources import open_source  # noqa: E402
-from pipeline.tracklets import TrackletBuilder  # noqa: E402
+from pipeline.camera.detector import PersonDetector  # noqa: E402
+from pipeline.camera.loop import Camera, CameraGroup  # noqa: E402
+from pipeline.camera.sources import open_source  # noqa: E402
+from pipeline.camera.tracklets import TrackletBuilder  # noqa: E402
 from trackers import build_tracker  # noqa: E402
 
 SHARED = Path(os.environ.get("REID_SHARED", ROOT.parent / "shared"))

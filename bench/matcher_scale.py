@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.matcher import Gallery, Matcher, Topology  # noqa: E402
-from pipeline.messages import TrackletEmbedding  # noqa: E402
+from pipeline.matching.matcher import Gallery, Matcher, Topology  # noqa: E402
+from pipeline.transport.messages import TrackletEmbedding  # noqa: E402
 
 CAMERAS = [f"cam{i}" for i in range(8)]
 DAY = 86_400.0

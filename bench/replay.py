@@ -23,8 +23,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.camera.sources import open_source  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.sources import open_source  # noqa: E402
 
 
 def footage_seconds(cfg, max_frames: int | None) -> dict[str, float]:

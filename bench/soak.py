@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.samples import resolve_sample  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.queues import QueueError, open_queue  # noqa: E402
+from pipeline.transport.queues import QueueError, open_queue  # noqa: E402
 from storage import repository as repo  # noqa: E402
 
 

@@ -147,7 +147,7 @@ class StreamProgress:
 
 
 class TrackletLike(Protocol):
-    """The fields shared by ``pipeline.messages.Tracklet`` and ``TrackletEmbedding``."""
+    """The fields shared by ``pipeline.transport.messages.Tracklet`` and ``TrackletEmbedding``."""
 
     camera_id: str
     track_id: int

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from pipeline.camera import Camera, CameraGroup
-from pipeline.detector import PersonDetector
-from pipeline.mot_io import read_mot
-from pipeline.sources import open_source
-from pipeline.tracklets import TrackletBuilder
+from pipeline.camera.detector import PersonDetector
+from pipeline.camera.loop import Camera, CameraGroup
+from pipeline.camera.mot_io import read_mot
+from pipeline.camera.sources import open_source
+from pipeline.camera.tracklets import TrackletBuilder
 from tests.conftest import REPO, shared_path
 from trackers import build_tracker
 
@@ -197,7 +197,7 @@ def test_unreadable_video_is_refused_at_start(tmp_path):
 
 
 def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
-    from pipeline.app import HealthReporter
+    from pipeline.runtime.app import HealthReporter
     from storage import repository as repo
     from storage.db import open_store
     from storage.models import CameraRow

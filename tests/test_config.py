@@ -1,4 +1,4 @@
-"""Tests of the cams.yaml schema (pipeline/config.py): defaults, the example file, every error path,
+"""Tests of the cams.yaml schema (pipeline/config/__init__.py): defaults, the example file, every error path,
 override precedence, path resolution, secrets, ${ENV} substitution, and a hypothesis fuzz of the loader."""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.app import make_session_key
 from pipeline.config import (
     CameraConfig,
     ConfigError,
@@ -40,6 +39,7 @@ from pipeline.config import (
     load_config,
     redact_url,
 )
+from pipeline.runtime.app import make_session_key
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "configs" / "cams.example.yaml"
@@ -850,7 +850,7 @@ def test_config_from_dict_uses_the_given_env_and_base(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The replay session key (pipeline/app.py): a digest of what determines the tracklets, loop included
+# The replay session key (pipeline/runtime/app.py): a digest of what determines the tracklets, loop included
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.detector import DetectorError, PersonDetector
-from pipeline.messages import Detections
+from pipeline.camera.detector import DetectorError, PersonDetector
+from pipeline.transport.messages import Detections
 from tests.conftest import shared_path
 
 OPENVINO_WEIGHTS = "assets/detectors/yolo11n_int8_openvino_model"

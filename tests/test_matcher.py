@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.matcher import Assignment, Gallery, Matcher, Span, Topology
-from pipeline.messages import TrackletEmbedding
+from pipeline.matching.matcher import Assignment, Gallery, Matcher, Span, Topology
+from pipeline.transport.messages import TrackletEmbedding
 
 E = 8
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -509,8 +509,8 @@ def test_the_worked_example_of_docs_matcher_md():
 
 
 def test_closing_time_groups_let_later_tracklets_of_one_batch_link_to_earlier_ones():
-    from pipeline.matcher import Gallery, Matcher, Topology
-    from pipeline.messages import TrackletEmbedding
+    from pipeline.matching.matcher import Gallery, Matcher, Topology
+    from pipeline.transport.messages import TrackletEmbedding
 
     v = np.zeros(8, np.float32)
     v[0] = 1.0

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate_mot import (
+from pipeline.camera.mot_io import append_mot_rows, read_mot, tracklet_to_json, write_mot
+from pipeline.tools.evaluate_mot import (
     EvaluationInputError,
     ScoredFrame,
     box_iou,
@@ -21,8 +22,7 @@ from pipeline.evaluate_mot import (
     main,
     trackeval_sequence_data,
 )
-from pipeline.messages import Tracklet, Tracks
-from pipeline.mot_io import append_mot_rows, read_mot, tracklet_to_json, write_mot
+from pipeline.transport.messages import Tracklet, Tracks
 from tests.conftest import REPO, shared_path
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pipeline.matcher import Gallery, Matcher, Topology
-from pipeline.messages import Order, Progress, TrackletEmbedding
-from pipeline.ordering import OrderedIntake
+from pipeline.matching.matcher import Gallery, Matcher, Topology
+from pipeline.matching.ordering import OrderedIntake
+from pipeline.transport.messages import Order, Progress, TrackletEmbedding
 
 T0 = 1_700_000_000.0
 MODEL = "test-model"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.queues import (
+from pipeline.transport.queues import (
     BrokerEndpoint,
     LocalBroker,
     LocalQueue,
@@ -160,7 +160,7 @@ def test_unacknowledged_message_is_reclaimed_after_idle(make_queue: Callable[...
 
 _CHILD = """
 import os, sys, time
-from pipeline.queues import BrokerEndpoint, open_queue
+from pipeline.transport.queues import BrokerEndpoint, open_queue
 kind, stream, group = sys.argv[1:4]
 if kind.startswith("redis"):
     q = open_queue(os.environ["TEST_QUEUE_URL"])
@@ -498,7 +498,7 @@ def test_queue_pickles_into_a_spawned_process(make_queue: Callable[..., Queue], 
 
 def test_broker_dies_with_the_process_that_started_it() -> None:
     code = (
-        "import multiprocessing, time\nfrom pipeline.queues import start_local_broker\nb = start_local_broker()\n"
+        "import multiprocessing, time\nfrom pipeline.transport.queues import start_local_broker\nb = start_local_broker()\n"
         "pids = [p.pid for p in multiprocessing.active_children()]\n"
         "print(b.address, b.authkey.hex(), *pids, flush=True)\ntime.sleep(60)\n"
     )
@@ -695,7 +695,7 @@ def test_redis_restart_mid_run_is_survived() -> None:
 def test_undecodable_payload_goes_to_dead_letters_with_the_wire_reason(
     make_queue: Callable[..., Queue], names
 ) -> None:
-    from pipeline.wire import WireError, decode_tracklet
+    from pipeline.transport.wire import WireError, decode_tracklet
 
     q = make_queue()
     s, g = names("s"), names("g")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.sources import (
+from pipeline.camera.sources import (
     FrameSource,
     ImageFolderSource,
     LiveStreamSource,

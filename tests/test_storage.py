@@ -26,7 +26,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from pipeline.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Tracklet, TrackletEmbedding
 from storage import queries
 from storage import repository as repo
 from storage.db import Store, StoreError, alembic_config, open_store, redact_text

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.messages import Detections, Tracks
+from pipeline.transport.messages import Detections, Tracks
 from tests.conftest import REPO, shared_path
 from trackers import TRACKERS, Tracker, build_tracker
 
@@ -233,7 +233,7 @@ def vtest_detections():
         if i % 2 == 0:
             frames.append(image)
     cap.release()
-    from pipeline.detector import PersonDetector
+    from pipeline.camera.detector import PersonDetector
 
     detector = PersonDetector(weights, device="cpu")
     return frames, detector.detect(frames)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.messages import Detections, Frame, Tracks
-from pipeline.tracklets import REJECT_REASONS, TrackletBuilder
+from pipeline.camera.tracklets import REJECT_REASONS, TrackletBuilder
+from pipeline.transport.messages import Detections, Frame, Tracks
 
 CAM = "cam0"
 H, W = 480, 640

@@ -11,8 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.messages import Tracklet, TrackletEmbedding
-from pipeline.wire import (
+from pipeline.transport.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.wire import (
     WIRE_VERSION,
     WireError,
     decode_embedding,

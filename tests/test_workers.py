@@ -34,11 +34,11 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from pipeline.matcher import Gallery, Matcher, Topology
-from pipeline.matcher_worker import restore_matcher, run_matcher_worker
-from pipeline.messages import Tracklet, TrackletEmbedding
-from pipeline.queues import LocalBroker, LocalQueue, Queue, RedisQueue, start_local_broker
-from pipeline.wire import decode_embedding, decode_tracklet, encode_embedding, encode_tracklet
+from pipeline.matching.matcher import Gallery, Matcher, Topology
+from pipeline.matching.worker import restore_matcher, run_matcher_worker
+from pipeline.transport.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.queues import LocalBroker, LocalQueue, Queue, RedisQueue, start_local_broker
+from pipeline.transport.wire import decode_embedding, decode_tracklet, encode_embedding, encode_tracklet
 from storage import repository as repo
 from storage.db import Store, open_store
 from storage.models import SightingRow, TrackletRow
@@ -322,7 +322,7 @@ def _pku_tracklet(
 def encoder():
     shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
     from models.checkpoint import load_drsta
-    from pipeline.reid_worker import TrackletEncoder
+    from pipeline.reid.worker import TrackletEncoder
 
     return TrackletEncoder(load_drsta(), model_name="drsta_osnet_x0_25_pku@test", device="cpu")
 
@@ -363,7 +363,7 @@ BAD_TRACKLETS = {
 
 
 def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, queue: Queue, names) -> None:
-    from pipeline.reid_worker import run_reid_worker
+    from pipeline.reid.worker import run_reid_worker
 
     root = shared_path("data/pku-reid")
     tracklets = [
@@ -448,7 +448,7 @@ class _MustNotEncode:
 
 @pytest.mark.parametrize("max_wait_ms", [50, 200])
 def test_reid_worker_on_an_empty_stream_returns_promptly(queue: Queue, names, max_wait_ms: int) -> None:
-    from pipeline.reid_worker import run_reid_worker
+    from pipeline.reid.worker import run_reid_worker
 
     s_in, s_out = names("tracklets"), names("embeddings")
     started = time.monotonic()

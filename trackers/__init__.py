@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.messages import Detections, Tracks
+from pipeline.transport.messages import Detections, Tracks
 from trackers.boxmot_adapter import DEFAULT_REID_WEIGHTS, BoxmotSpec, BoxmotTracker
 
 __all__ = ["DEFAULT_REID_WEIGHTS", "TRACKERS", "Tracker", "build_tracker"]

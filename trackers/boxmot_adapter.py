@@ -3,7 +3,7 @@
 boxmot's NumPy interface takes ``(N, 6)`` rows ``[x1, y1, x2, y2, score, class]`` plus the BGR frame and
 returns ``(M, 8)`` rows ``[x1, y1, x2, y2, track_id, score, class, det_ind]`` (``boxmot.trackers.common.input.
 pack_numpy_track_rows``). :class:`BoxmotTracker` converts both ways so only
-:class:`~pipeline.messages.Detections` and :class:`~pipeline.messages.Tracks` cross the module boundary.
+:class:`~pipeline.transport.messages.Detections` and :class:`~pipeline.transport.messages.Tracks` cross the module boundary.
 
 Appearance (ReID) for botsort, strongsort and deepocsort: boxmot would build its own backend from
 ``reid_weights``, but boxmot 25 only accepts ``.pt``/``.onnx``/OpenVINO/... names there (``.pth`` is
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.messages import Detections, Tracks
+from pipeline.transport.messages import Detections, Tracks
 
 __all__ = ["DEFAULT_REID_WEIGHTS", "BoxmotSpec", "BoxmotTracker", "load_reid_backend"]
 

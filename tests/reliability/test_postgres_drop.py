@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.queues import open_queue
+from pipeline.transport.queues import open_queue
 from tests.reliability.helpers import (
     backends,
     check_store,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.queues import dead_letter_stream
+from pipeline.transport.queues import dead_letter_stream
 from tests.reliability.helpers import check_store, demo_config, pipeline_args, wait_for, written_tracklets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -1,10 +1,10 @@
 """The matcher worker: embeddings in, identities and sightings in SQL out. Exactly one runs per deployment.
 
 Messages are decoded (malformed -> dead-letter stream, keep going) and handed to the ordered intake
-(:mod:`pipeline.ordering`), which releases closing-time buckets once nothing can still join them. Per release,
+(:mod:`pipeline.matching.ordering`), which releases closing-time buckets once nothing can still join them. Per release,
 in ONE transaction: store each tracklet and its embedding (idempotent on the natural key), skip the tracklets
 that already have a sighting (a redelivered message changes nothing), assign each bucket jointly with
-:class:`pipeline.matcher.Matcher`, store identities, sightings and the intake's progress; commit; only then
+:class:`pipeline.matching.matcher.Matcher`, store identities, sightings and the intake's progress; commit; only then
 acknowledge the messages. If the commit fails the in-memory gallery may be ahead of SQL, so the gallery and
 the intake are rebuilt from SQL and the held messages offered again.
 """
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pipeline.matcher import Gallery, Matcher, Topology
-from pipeline.messages import Progress, TrackletEmbedding
-from pipeline.ordering import Held, OrderedIntake, Release
-from pipeline.queues import Message, Queue, decode_or_dead_letter
-from pipeline.wire import decode_matcher_input
+from pipeline.matching.matcher import Gallery, Matcher, Topology
+from pipeline.matching.ordering import Held, OrderedIntake, Release
+from pipeline.transport.messages import Progress, TrackletEmbedding
+from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
+from pipeline.transport.wire import decode_matcher_input
 from storage import repository as repo
 from storage.db import Store
 
@@ -73,7 +73,7 @@ def run_matcher_worker(
 
     At start it takes over every message still pending in ``group`` (exactly one matcher runs, so those
     belong to a predecessor that died) before reading anything new; embeddings are decided in the order of
-    :class:`pipeline.ordering.OrderedIntake` (``window_s``, ``max_wait_s``).
+    :class:`pipeline.matching.ordering.OrderedIntake` (``window_s``, ``max_wait_s``).
     ``expect=(session, camera_ids)``: the streams of this run, waited for before they say anything. When a
     transaction fails, SQL stays the truth: the gallery and the intake are rebuilt from it and every message
     still held is offered again (nothing is read twice from the queue, so nothing nears ``max_deliveries``).

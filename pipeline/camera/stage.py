@@ -13,12 +13,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models.samples import resolve_sample
-from pipeline.camera import Camera, CameraGroup, CameraStats, TrackletFileSink
+from pipeline.camera.detector import PersonDetector
+from pipeline.camera.loop import Camera, CameraGroup, CameraStats, TrackletFileSink
+from pipeline.camera.sources import open_source
+from pipeline.camera.tracklets import TrackletBuilder
 from pipeline.config import PipelineConfig
-from pipeline.detector import PersonDetector
-from pipeline.messages import Progress, Tracklet
-from pipeline.sources import open_source
-from pipeline.tracklets import TrackletBuilder
+from pipeline.transport.messages import Progress, Tracklet
 from trackers import build_tracker
 
 
@@ -144,7 +144,7 @@ def run_camera_stage(
     sink = TrackletFileSink(out_dir, [c.camera_id for c in cameras]) if out_dir is not None else None
     video = None
     if save_video and out_dir is not None:
-        from pipeline.drawing import AnnotatedVideoWriter
+        from pipeline.camera.drawing import AnnotatedVideoWriter
 
         video = AnnotatedVideoWriter(out_dir, {c.camera_id: c.source.fps or 10.0 for c in cameras})
 

@@ -6,8 +6,8 @@ then runs its own tracker and tracklet builder. Per camera, frames are processed
 replay gives the same tracks every time.
 
 Outputs go to ``sinks`` (callables): the MOT writer and the tracklet JSONL writer here, the queue publisher
-in the full pipeline. Every emitted tracklet carries its :class:`pipeline.messages.Order` (per-camera number
-and watermark), and ``on_progress`` receives each camera's :class:`pipeline.messages.Progress` marker about
+in the full pipeline. Every emitted tracklet carries its :class:`pipeline.transport.messages.Order` (per-camera number
+and watermark), and ``on_progress`` receives each camera's :class:`pipeline.transport.messages.Progress` marker about
 once a second and once more, final, when the camera ends: together they let the matcher decide in an order
 that does not depend on timing (docs/matcher.md, "Order").
 """
@@ -27,10 +27,10 @@ from typing import TextIO
 
 import numpy as np
 
-from pipeline.messages import Detections, Frame, Order, Progress, Tracklet, Tracks
-from pipeline.mot_io import append_mot_rows, tracklet_to_json
-from pipeline.sources import FrameSource, LiveStreamSource, SourceHealth
-from pipeline.tracklets import TrackletBuilder
+from pipeline.camera.mot_io import append_mot_rows, tracklet_to_json
+from pipeline.camera.sources import FrameSource, LiveStreamSource, SourceHealth
+from pipeline.camera.tracklets import TrackletBuilder
+from pipeline.transport.messages import Detections, Frame, Order, Progress, Tracklet, Tracks
 from trackers import Tracker
 
 _END = object()  # end-of-stream marker in a camera's frame queue

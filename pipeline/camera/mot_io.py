@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from pipeline.messages import Tracklet, Tracks
+from pipeline.transport.messages import Tracklet, Tracks
 
 __all__ = ["tracks_to_mot_rows", "append_mot_rows", "write_mot", "read_mot", "tracklet_to_json", "iso_utc"]
 

@@ -9,8 +9,8 @@ Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding" | "
   (lossy: decoded pixels are close to, not equal to, the originals);
 - ``session`` is the producing camera worker's run key, carried beside the message;
 - ``order`` (optional on tracklets and embeddings) is ``{"seq": int, "watermark": float, "published_at":
-  float}`` (:class:`pipeline.messages.Order`; a watermark of ``-inf`` is allowed);
-- a ``progress`` message is a camera's :class:`pipeline.messages.Progress` marker (``camera_id``,
+  float}`` (:class:`pipeline.transport.messages.Order`; a watermark of ``-inf`` is allowed);
+- a ``progress`` message is a camera's :class:`pipeline.transport.messages.Progress` marker (``camera_id``,
   ``last_seq``, ``watermark``, ``n``, ``idle``, ``final``, ``published_at``, ``started_at``), sent on the embedding stream.
 
 Readers ignore keys they do not know, so v1 can gain optional fields; anything that changes the meaning of
@@ -29,7 +29,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from pipeline.messages import Order, Progress, Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding
 
 __all__ = [
     "WIRE_VERSION",

@@ -4,7 +4,7 @@ Why: the matcher's result depends on the order it sees tracklets in (a later tra
 earlier one created). Queue batches, several re-ID workers, a worker killed and its messages redelivered
 later: all of them change the arrival order. So the matcher does not decide in arrival order. Each camera
 worker run (a *stream*, keyed by ``(session, camera_id)``) numbers its tracklets (``Order.seq``) and says how
-far it has got (``Order.watermark``, and :class:`pipeline.messages.Progress` markers about once a second):
+far it has got (``Order.watermark``, and :class:`pipeline.transport.messages.Progress` markers about once a second):
 every tracklet it publishes later ends at or after the watermark. The intake
 
 1. puts each stream's embeddings back in ``seq`` order (a gap waits for the missing one);
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pipeline.messages import Progress, TrackletEmbedding
+from pipeline.transport.messages import Progress, TrackletEmbedding
 from storage.repository import StreamProgress
 
 log = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.messages import Detections, Frame, Tracklet, Tracks
+from pipeline.transport.messages import Detections, Frame, Tracklet, Tracks
 
 __all__ = ["TrackletBuilder", "CLOSE_REASONS", "REJECT_REASONS"]
 

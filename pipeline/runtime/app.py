@@ -44,7 +44,7 @@ class Wiring:
     device: str | None = None
 
     def queue(self, cfg: PipelineConfig):
-        from pipeline.queues import open_queue
+        from pipeline.transport.queues import open_queue
 
         return open_queue(self.redis_url, broker=self.broker, maxlen=cfg.queue.maxlen)
 
@@ -95,7 +95,7 @@ def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
 
 
 def build_topology(cfg: PipelineConfig):
-    from pipeline.matcher import Topology
+    from pipeline.matching.matcher import Topology
 
     links = {tuple(link.cameras): (link.min_transit_s, link.max_transit_s) for link in cfg.topology.links}
     return Topology(links, [tuple(p) for p in cfg.topology.overlaps])
@@ -119,8 +119,8 @@ def camera_process(
     """Run the cameras, publish every closed tracklet, keep the cameras' health in SQL."""
     _child_setup(_in_child, "reid-cameras")
     from models.runtime import configure_torch
-    from pipeline.runtime import build_detector, run_camera_stage
-    from pipeline.wire import encode_progress, encode_tracklet
+    from pipeline.camera.stage import build_detector, run_camera_stage
+    from pipeline.transport.wire import encode_progress, encode_tracklet
     from storage import repository as repo
     from storage.db import open_store
 
@@ -249,7 +249,7 @@ def reid_process(
 
     from models.checkpoint import DEFAULT_CHECKPOINT, load_drsta, resolve_device
     from models.runtime import configure_torch
-    from pipeline.reid_worker import TrackletEncoder, run_reid_worker
+    from pipeline.reid.worker import TrackletEncoder, run_reid_worker
 
     configure_torch()
     device = resolve_device(wiring.device or cfg.reid.device)
@@ -287,7 +287,7 @@ def matcher_process(
     start, before they have said anything."""
     _child_setup(_in_child, "reid-matcher")
     from models.checkpoint import DEFAULT_CHECKPOINT
-    from pipeline.matcher_worker import restore_matcher, run_matcher_worker
+    from pipeline.matching.worker import restore_matcher, run_matcher_worker
     from storage.db import open_store
 
     store = open_store(wiring.db_url)
@@ -347,7 +347,7 @@ def _set_process_name(role: str) -> None:
 
 def run_full(args, cfg: PipelineConfig) -> int:
     """Run every role as a process on this machine; print the summary. Returns the exit code."""
-    from pipeline.queues import start_local_broker
+    from pipeline.transport.queues import start_local_broker
     from storage.db import open_store
 
     db_url = args.db or cfg.db.url

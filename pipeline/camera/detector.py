@@ -1,4 +1,4 @@
-"""Person detector stage: BGR frames in, :class:`~pipeline.messages.Detections` out.
+"""Person detector stage: BGR frames in, :class:`~pipeline.transport.messages.Detections` out.
 
 A thin wrapper around ``ultralytics.YOLO(weights, task="detect")`` that runs PyTorch (``.pt``), TorchScript,
 ONNX and OpenVINO (``*_openvino_model/``) weights, batches frames from several cameras into one call, and
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.messages import Detections
+from pipeline.transport.messages import Detections
 
 __all__ = ["DetectorError", "PersonDetector"]
 

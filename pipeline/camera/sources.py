@@ -85,7 +85,7 @@ import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.messages import Frame
+from pipeline.transport.messages import Frame
 
 __all__ = [
     "SourceError",

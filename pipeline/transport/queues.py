@@ -13,7 +13,7 @@ remembering it as *pending* for that consumer until it is acknowledged. Delivery
    ``<stream>:dead`` instead. A consumer that cannot decode a payload calls :meth:`Queue.dead_letter` itself.
 
 Handlers must therefore be idempotent on the message's natural key. Payloads are opaque bytes (see
-:mod:`pipeline.wire`). Every queue-level failure raises :class:`QueueError`; bad arguments raise ``ValueError``.
+:mod:`pipeline.transport.wire`). Every queue-level failure raises :class:`QueueError`; bad arguments raise ``ValueError``.
 
 Implementations:
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.messages import Frame, Tracks
-from pipeline.mot_io import iso_utc
+from pipeline.camera.mot_io import iso_utc
+from pipeline.transport.messages import Frame, Tracks
 
 
 def track_color(track_id: int) -> tuple[int, int, int]:

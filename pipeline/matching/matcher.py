@@ -8,7 +8,7 @@ Pure logic (no I/O, SQL or Redis). Three parts:
   kept in contiguous float32 matrices so that the similarity of a batch to every identity is a few matrix
   products plus a scatter-max; a bounded sighting history per identity for the gates; and the map
   ``(camera_id, track_id) -> identity`` that keeps the chunks of one track together.
-- :class:`Matcher` assigns a batch of :class:`~pipeline.messages.TrackletEmbedding` jointly (Hungarian
+- :class:`Matcher` assigns a batch of :class:`~pipeline.transport.messages.TrackletEmbedding` jointly (Hungarian
   algorithm) and creates identities for the tracklets nothing fits.
 
 The decision rule, precisely and with a worked example, is in ``docs/matcher.md``.
@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.messages import TrackletEmbedding
+from pipeline.transport.messages import TrackletEmbedding
 
 __all__ = ["Assignment", "Gallery", "Matcher", "Span", "Topology"]
 

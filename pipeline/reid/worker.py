@@ -19,9 +19,9 @@ import torch
 from models.backbones import preprocess_crops
 from models.drsta import Embedder
 from models.sampling import restricted_random_sample
-from pipeline.messages import Tracklet, TrackletEmbedding
-from pipeline.queues import Message, Queue, decode_or_dead_letter
-from pipeline.wire import decode_tracklet, encode_embedding
+from pipeline.transport.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
+from pipeline.transport.wire import decode_tracklet, encode_embedding
 
 
 def part_visibility(temporal: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The matching stage: topology, gallery, matcher, ordered intake and the matcher worker."""

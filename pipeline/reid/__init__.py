@@ -1,0 +1,1 @@
+"""The re-ID stage: tracklets in, embeddings out."""

@@ -1,0 +1,1 @@
+"""Composition, supervision, health reporting and the run summary."""

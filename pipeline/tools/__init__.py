@@ -1,0 +1,1 @@
+"""Command-line tools that read a finished run: SQL queries and MOT evaluation."""

@@ -1,0 +1,1 @@
+"""What crosses process boundaries: typed messages, their wire format, and the queues."""
