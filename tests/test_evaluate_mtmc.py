@@ -227,6 +227,19 @@ def test_empty_prediction(with_gt):
     assert r.gain_taken is None
 
 
+def test_mot17_ground_truth_is_filtered_as_evaluate_mot_does():
+    # MOT17 layout: person 1 (class 1, considered) frames 1-2 and a static person 4 (class 7, a distractor)
+    # frame 1. The track on the distractor is removed before scoring, so it neither counts as a false
+    # positive nor as an identity: joint IDF1 1, 2 evaluated boxes, 1 identity.
+    gt = {
+        "A": np.array([[1, 1, *box(1), 1, 1, 1.0], [2, 1, *box(1), 1, 1, 1.0], [1, 4, *box(3), 1, 7, 1.0]]),
+        "B": np.zeros((0, 9)),
+    }
+    pred = pred_of(A=[(1, 1, 1, 2), (2, 3, 1, 1)], B=[])
+    r = evaluate_mtmc(gt, pred, [span("A", 1, 1, 2, 0), span("A", 2, 1, 1, 1)])
+    assert (r.joint.idf1, r.cameras[0].pred_boxes, r.joint.identities) == (1.0, 2, 1)
+
+
 def test_bad_predictions_are_refused():
     gt = gt_of(A=[(1, 1, 1, 1)])
     twice = pred_of(A=[(1, 1, 1, 1), (1, 2, 1, 1)])

@@ -272,6 +272,11 @@ class _Camera:
     def track_ids(self) -> np.ndarray:
         return self.rows[:, 1].astype(np.int64)
 
+    @property
+    def evaluated_rows(self) -> list[int]:
+        """Indices of the rows left after evaluate_mot's filtering (distractors removed), ascending."""
+        return sorted(int(i) for f in self.frames for i in f.pred_ids)
+
     def relabel(self, ids: np.ndarray) -> list[ScoredFrame]:
         """The frames with every pred box named by ``ids[row index]``."""
         return [ScoredFrame(f.frame, f.gt_ids, f.gt_xywh, ids[f.pred_ids], f.pred_xywh) for f in self.frames]
@@ -388,14 +393,12 @@ def _line(
 ) -> tuple[LineScores, dict[str, np.ndarray]]:
     ids = {c.name: np.array([intern(k) for k in keys[c.name]], np.int64) for c in cams}
     frames = _joint(cams, ids)
-    evaluated = {c.name: np.unique(np.concatenate([np.zeros(0, np.int64), *(f.pred_ids for f in c.frames)]))
-                 for c in cams}  # fmt: skip
     people_of_id: dict[Hashable, set[int]] = defaultdict(set)
     ids_of_person: dict[int, set[Hashable]] = defaultdict(set)
     cameras_of_person: dict[int, set[str]] = defaultdict(set)
     all_keys: set[Hashable] = set()
     for cam in cams:
-        for i in evaluated[cam.name]:
+        for i in cam.evaluated_rows:
             key = keys[cam.name][i]
             all_keys.add(key)
             person = person_of.get((cam.name, int(cam.track_ids[i])))
