@@ -392,6 +392,8 @@ def test_load_track_spans_converts_frames_to_mot(tmp_path):
         (["--gt", "left"], "expected CAMERA=FILE"),
         (["--frames", "5-2"], "--frames '5-2'"),
         (["--db", "sqlite:////nonexistent/x.db"], "database not found: /nonexistent/x.db"),
+        (["--db", "not a url"], "not an SQLAlchemy URL"),
+        (["--db", "postgresql://reid:s3cret@127.0.0.1:1/x"], "cannot open store postgresql://reid:***@"),
         (["--pred-root", "/nonexistent"], "pred root not found"),
         (["--gt", "right=/nonexistent/gt.txt"], "gt file not found: /nonexistent/gt.txt"),
     ],
@@ -407,3 +409,4 @@ def test_cli_bad_input_is_one_line(run_dir, capsys, args, message):
     assert main([x for kv in opts.items() for x in kv] + gt) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and err.startswith("error: ")
+    assert "s3cret" not in err

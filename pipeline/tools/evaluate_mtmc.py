@@ -72,6 +72,7 @@ import motmetrics as mm
 import numpy as np
 import sqlalchemy as sa
 import trackeval
+from sqlalchemy.orm import Session
 
 from pipeline.camera.mot_io import read_mot
 from pipeline.tools.evaluate_mot import (
@@ -81,6 +82,8 @@ from pipeline.tools.evaluate_mot import (
     prepare_sequence,
     trackeval_sequence_data,
 )
+from storage.db import StoreError, open_store
+from storage.models import SightingRow, TrackletRow
 
 __all__ = [
     "TrackSpan",
@@ -206,7 +209,7 @@ def _read_pred(path: Path) -> np.ndarray:
 
 
 def load_track_spans(
-    session: Any, cameras: Sequence[str], *, session_key: str | None = None
+    session: Session, cameras: Sequence[str], *, session_key: str | None = None
 ) -> list[TrackSpan]:
     """The stored tracklets of ``cameras`` with their identities, as :class:`TrackSpan` (MOT frames).
 
@@ -215,8 +218,6 @@ def load_track_spans(
     when a camera has tracklets of several runs and no ``session_key`` says which, or when ``session_key``
     matches no tracklet of these cameras.
     """
-    from storage.models import SightingRow, TrackletRow
-
     t = TrackletRow.__table__.c
     stmt = (
         sa.select(
@@ -543,11 +544,12 @@ def evaluate_run(
     Raises :class:`EvaluationInputError` for a missing or malformed file or a SQLite database that does not
     exist, and ``storage.db.StoreError`` (one line, password redacted) when the store cannot be opened.
     """
-    from storage.db import open_store
-
-    url = sa.engine.make_url(db_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).is_file():
+    try:
+        url = sa.engine.make_url(db_url)
+    except (sa.exc.ArgumentError, TypeError, ValueError):
+        url = None  # open_store says so, with the password redacted
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():  # open_store would create an empty database
             raise EvaluationInputError(f"database not found: {url.database}")
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
@@ -627,8 +629,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", metavar="FIRST-LAST", help="evaluated frames (default: 1..last gt frame)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
-    from storage.db import StoreError
-
     try:
         result = evaluate_run(
             args.db,
