@@ -460,7 +460,7 @@ def evaluate_mtmc(
     for c in cams:
         keys, unlinked = _global_keys(c, spans)
         unlinked_tracks += len(unlinked)
-        unlinked_boxes += sum(k is None for k in keys)
+        unlinked_boxes += sum(keys[i] is None for i in c.evaluated_rows)
         keys = [own if k is None else k for k, own in zip(keys, track_keys[c.name], strict=True)]
         global_keys[c.name], replaced = _one_box_per_id(c, keys, track_keys[c.name])
         conflicts += replaced
