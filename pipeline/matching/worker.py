@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from common.redact import redact_text
 from pipeline.matching.gallery import Gallery, SavedTracklet
 from pipeline.matching.matcher import Matcher
 from pipeline.matching.ordering import Held, OrderedIntake, Release, StreamState
@@ -111,7 +112,9 @@ def run_matcher_worker(
                 if not is_retryable(exc):
                     raise
                 log.warning(
-                    "cannot rebuild the matcher's state from SQL yet: %s: %s", type(exc).__name__, exc
+                    "cannot rebuild the matcher's state from SQL yet: %s: %s",
+                    type(exc).__name__,
+                    redact_text(str(exc)),
                 )
                 matcher = intake = None
                 time.sleep(retry_s)
@@ -138,15 +141,14 @@ def run_matcher_worker(
             continue
         try:
             assigned += _commit(store, matcher, release, window_s=window_s)
-        except (
-            RETRYABLE_ERRORS
-        ) as exc:  # the database went away mid-batch: nothing was acknowledged, retry it
+        except RETRYABLE_ERRORS as exc:
             if not is_retryable(exc):
                 raise
+            # the database went away mid-batch: nothing was acknowledged, retry it
             log.warning(
                 "matcher transaction failed (%s: %s); rebuilding the gallery from SQL and retrying",
                 type(exc).__name__,
-                exc,
+                redact_text(str(exc)),
             )
             time.sleep(retry_s)
             store.dispose()
