@@ -45,12 +45,16 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.matching.matcher import Gallery, Matcher, Topology  # noqa: E402
+from pipeline.config import MatcherConfig  # noqa: E402
+from pipeline.matching.gallery import Gallery  # noqa: E402
+from pipeline.matching.matcher import Matcher  # noqa: E402
+from pipeline.matching.topology import Topology  # noqa: E402
 from pipeline.transport.messages import TrackletEmbedding  # noqa: E402
 
 CAMERAS = [f"cam{i}" for i in range(8)]
 DAY = 86_400.0
 MODEL = "bench"
+DEFAULTS = MatcherConfig()  # the config schema's matcher defaults, what a deployment runs with
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -58,8 +62,8 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def build_gallery(rng: np.random.Generator, n: int, dim: int) -> Gallery:
-    gallery = Gallery(max_prototypes=10, model=MODEL)
+def build_gallery(rng: np.random.Generator, n: int, dim: int, max_prototypes: int) -> Gallery:
+    gallery = Gallery(max_prototypes=max_prototypes, model=MODEL)
     counts = rng.integers(1, 4, size=n)
     vectors = unit_rows(rng, int(counts.sum()), dim)
     cams = rng.integers(len(CAMERAS), size=len(vectors))
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="tracklets per assign call")
     ap.add_argument("--repeats", type=int, default=30, help="timed batches per gallery size")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("--threshold", type=float, default=DEFAULTS.threshold)
+    ap.add_argument("--max-prototypes", type=int, default=DEFAULTS.max_prototypes)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--blas-threads", default="1", help="BLAS threads (set before numpy loads), or 'auto'")
     args = ap.parse_args(argv)
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.sizes:
         rng = np.random.default_rng(args.seed)
         t0 = time.perf_counter()
-        gallery = build_gallery(rng, n, args.dim)
+        gallery = build_gallery(rng, n, args.dim, args.max_prototypes)
         build_s = time.perf_counter() - t0
         n_protos = sum(len(gallery.prototypes(int(i))) for i in gallery.ids)
         matcher = Matcher(gallery, topology, threshold=args.threshold, model=MODEL)

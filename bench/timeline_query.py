@@ -61,9 +61,10 @@ sys.path.insert(0, ROOT)
 
 import sqlalchemy as sa  # noqa: E402
 
+from common.redact import redact_url  # noqa: E402
 from storage import queries  # noqa: E402
 from storage import repository as repo  # noqa: E402
-from storage.db import Store, open_store, redact_url  # noqa: E402
+from storage.db import Store, open_store  # noqa: E402
 from storage.models import UTCDateTime  # noqa: E402
 
 DEFAULT_URL = os.environ.get("REID_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

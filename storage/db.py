@@ -3,7 +3,8 @@
 ``open_store(url)`` is the one entry point: it creates the engine, brings the schema to the latest Alembic
 revision (idempotent; safe when several processes start at once) and returns a :class:`Store` whose
 ``session()`` the caller's worker loop uses and commits. Passwords never appear in logs or errors: every URL
-shown goes through :func:`redact_url`.
+shown goes through :func:`common.redact.redact_url`, every driver message through
+:func:`common.redact.redact_text` with the URL's own secrets.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, exc, pool, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.config import redact_url
+from common.redact import redact_text, redact_url, url_secrets
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -32,8 +33,6 @@ __all__ = [
     "StoreError",
     "alembic_config",
     "open_store",
-    "redact_text",
-    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 # Alembic keeps its running migration in process-global proxies (alembic.context, alembic.op): two threads
 # migrating at once, even different databases, would mix them up. Taken before any database lock.
 _ALEMBIC_LOCK = threading.Lock()
@@ -53,16 +51,8 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used; the message is one line and holds no password."""
 
 
-def redact_text(text_: str) -> str:
-    """``text_`` with the password of every URL inside it replaced by ``***`` (see :func:`redact_url`).
-
-    For free text that may quote a URL, such as a driver's or a camera's error message. Never raises.
-    """
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text_)
-
-
-def _one_line(text_: str) -> str:
-    return " ".join(redact_text(text_).split())
+def _one_line(text_: str, secrets: list[str]) -> str:
+    return " ".join(redact_text(text_, secrets).split())
 
 
 def alembic_config() -> Config:
@@ -171,7 +161,7 @@ def open_store(url: str, *, schema: str | None = None) -> Store:
             engine.dispose()
         reason = getattr(e, "orig", None) or e
         raise StoreError(
-            f"cannot open store {shown}: {type(reason).__name__}: {_one_line(str(reason))}"
+            f"cannot open store {shown}: {type(reason).__name__}: {_one_line(str(reason), url_secrets(url))}"
         ) from None
     log.info("store %s%s at revision %s", shown, f" (schema {schema})" if schema else "", revision)
     return store

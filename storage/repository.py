@@ -24,8 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from common.redact import redact_text, redact_url
 from storage import queries
-from storage.db import StoreError, redact_text, redact_url
+from storage.db import StoreError
 from storage.models import (
     HEALTH_EVENTS,
     CameraRow,

@@ -7,12 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.matching.matcher import Assignment, Gallery, Matcher, Span, Topology
+from pipeline.matching.gallery import SavedTracklet
+from pipeline.matching.matcher import Assignment, Matcher
+from pipeline.matching.topology import Span, Topology
 from pipeline.transport.messages import TrackletEmbedding
+from tests import matching_defaults as build
 
 E = 8
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MODEL = "drsta-test"
+THRESHOLD = build.DEFAULTS.threshold  # the cosines below are set around it (and assume it below 0.9)
 
 
 def basis(i: int) -> np.ndarray:
@@ -46,9 +50,9 @@ def tracklet(
     )
 
 
-def seeded(topology: Topology, threshold: float = 0.6, **gallery_kw) -> Matcher:
+def seeded(topology: Topology, **gallery_kw) -> Matcher:
     """A matcher whose gallery holds identity 1: basis(0), seen in cam A from T0 to T0 + 10 s."""
-    m = Matcher(Gallery(**gallery_kw), topology, threshold=threshold)
+    m = build.matcher(build.gallery(**gallery_kw), topology)
     [a] = m.assign([tracklet("A", 1, basis(0), 0, 10)])
     assert a == Assignment(("A", 1, 0), 1, None, True)
     return m
@@ -146,14 +150,14 @@ def test_allows_checks_overlap_everywhere_and_transit_to_neighbours(history, new
 
 
 def test_empty_batch_changes_nothing():
-    m = Matcher(Gallery(), Topology(), threshold=0.6)
+    m = build.matcher()
     assert m.assign([]) == []
     assert len(m.gallery) == 0 and m.gallery.next_id == 1
 
 
 @pytest.mark.parametrize("next_id", [1, 42])
 def test_empty_gallery_starts_a_new_identity(next_id):
-    m = Matcher(Gallery(next_id=next_id), Topology(), threshold=0.6)
+    m = build.matcher(build.gallery(next_id=next_id))
     assert m.assign([tracklet("A", 7, basis(0), 0, 5)]) == [Assignment(("A", 7, 0), next_id, None, True)]
     assert m.gallery.next_id == next_id + 1
     assert m.gallery.ids.tolist() == [next_id]
@@ -165,14 +169,14 @@ def test_empty_gallery_starts_a_new_identity(next_id):
         ("linked, within the window", LINKED, "B", 40, 50, 0.9, True),
         ("linked, too early", LINKED, "B", 12, 20, 0.9, False),
         ("linked, too late", LINKED, "B", 100, 110, 0.9, False),
-        ("linked, below the threshold", LINKED, "B", 40, 50, 0.5, False),
+        ("linked, below the threshold", LINKED, "B", 40, 50, THRESHOLD - 0.1, False),
         ("not linked, closed topology", LINKED, "C", 40, 50, 0.9, False),
         ("not linked, open topology", Topology(), "C", 4000, 4010, 0.9, True),
         ("same camera, later", LINKED, "A", 500, 510, 0.9, True),
         ("same camera, at the same time", LINKED, "A", 5, 15, 0.9, False),
         ("overlapping camera, at the same time", LINKED, "O", 2, 8, 0.9, True),
-        ("similarity == threshold", Topology(), "C", 40, 50, 0.6, True),
-        ("similarity just below", Topology(), "C", 40, 50, 0.5999, False),
+        ("similarity == threshold", Topology(), "C", 40, 50, THRESHOLD, True),
+        ("similarity just below", Topology(), "C", 40, 50, THRESHOLD - 1e-4, False),
     ],
 )
 def test_match_or_new(name, topology, cam, start, end, cos, matched):
@@ -188,7 +192,7 @@ def test_match_or_new(name, topology, cam, start, end, cos, matched):
 @pytest.mark.parametrize(("overlaps", "matched"), [((), False), ([("A", "B")], True)])
 def test_no_two_places_at_once(overlaps, matched):
     """Seen in A 10:00-10:05; a look-alike in B 10:03-10:04 is someone else unless A and B overlap."""
-    m = Matcher(Gallery(), Topology({("A", "B"): (0, 600)}, overlaps), threshold=0.6)
+    m = build.matcher(topology=Topology({("A", "B"): (0, 600)}, overlaps))
     m.assign([tracklet("A", 1, basis(0), 0, 300)])
     [a] = m.assign([tracklet("B", 1, basis(0), 180, 240)])
     assert (a.identity_id == 1) is matched
@@ -196,7 +200,7 @@ def test_no_two_places_at_once(overlaps, matched):
 
 def test_no_two_places_at_once_holds_against_the_whole_history():
     """The best prototype comes from an old sighting; a newer sighting in another camera still blocks."""
-    m = Matcher(Gallery(), Topology(), threshold=0.6)
+    m = build.matcher()
     m.assign([tracklet("A", 1, basis(0), 0, 10)])
     m.assign([tracklet("A", 1, basis(2), 100, 400, chunk=1)])  # same track, a different look
     [a] = m.assign([tracklet("B", 5, basis(0), 200, 210)])
@@ -205,12 +209,12 @@ def test_no_two_places_at_once_holds_against_the_whole_history():
 
 def test_joint_assignment_beats_greedy():
     """sims [[0.9, 0.8], [0.85, 0.1]]: greedy gives t0 -> A and leaves t1 alone; jointly t0 -> B, t1 -> A."""
-    g = Gallery()
+    g = build.gallery()
     a = g.create(mix(0.9, 0, 2), "X", T0, T0 + 1)  # identity A: 0.9 to t0 ...
     g.add(a, mix(0.85, 1, 3), "X", T0 + 2, T0 + 3)  # ... and 0.85 to t1
     b = g.create(mix(0.8, 0, 4), "X", T0 + 4, T0 + 5)  # identity B: 0.8 to t0 ...
     g.add(b, mix(0.1, 1, 5), "X", T0 + 6, T0 + 7)  # ... and 0.1 to t1
-    m = Matcher(g, Topology(), threshold=0.6, model=MODEL)
+    m = build.matcher(g, model=MODEL)
     t0, t1 = tracklet("Y", 1, basis(0), 100, 110), tracklet("Y", 2, basis(1), 100, 110)
     ids, sims = g.similarities(np.stack([t0.embedding, t1.embedding]))
     np.testing.assert_allclose(sims, [[0.9, 0.8], [0.85, 0.1]], atol=1e-6)
@@ -228,10 +232,10 @@ def test_one_identity_per_track_in_a_batch():
 
 @pytest.mark.parametrize("others", [0, 1, 3])  # alone, and with tracks that match nothing in the same batch
 def test_ties_go_to_the_lower_identity_id(others):
-    g = Gallery()
+    g = build.gallery()
     first = g.create(basis(0), "X", T0, T0 + 1)
     second = g.create(basis(0), "X", T0 + 2, T0 + 3)
-    m = Matcher(g, Topology(), threshold=0.6)
+    m = build.matcher(g)
     batch = [tracklet("Y", 10 + k, basis(4 + k), 100, 110) for k in range(others)]
     out = m.assign([*batch, tracklet("Y", 1, basis(0), 100, 110)])
     assert (first, second) == (1, 2) and out[-1].identity_id == first
@@ -267,7 +271,7 @@ def test_ties_go_to_the_lower_identity_id(others):
 )
 def test_chunks_of_a_track_keep_their_identity(name, first, second, expected_id, is_new):
     """A dissimilar look (similarity 0) still continues the track; chunk/time disorder starts a new run."""
-    m = Matcher(Gallery(), Topology(), threshold=0.6)
+    m = build.matcher()
     m.assign([first])
     [a] = m.assign([second])
     assert (a.identity_id, a.is_new) == (expected_id, is_new)
@@ -275,7 +279,7 @@ def test_chunks_of_a_track_keep_their_identity(name, first, second, expected_id,
 
 
 def test_chunks_in_one_batch_share_an_identity_and_one_sighting():
-    m = Matcher(Gallery(), Topology(), threshold=0.6)
+    m = build.matcher()
     out = m.assign(
         [
             tracklet("A", 1, basis(0), 0, 10, chunk=0),
@@ -291,7 +295,7 @@ def test_chunks_in_one_batch_share_an_identity_and_one_sighting():
 
 
 def test_a_continued_identity_is_not_given_to_another_track_of_the_batch():
-    m = Matcher(Gallery(), Topology(), threshold=0.6)
+    m = build.matcher()
     m.assign([tracklet("A", 1, basis(0), 0, 10)])
     out = m.assign([tracklet("B", 2, basis(0), 20, 30), tracklet("A", 1, basis(0), 10, 12, chunk=1)])
     assert [(x.identity_id, x.is_new) for x in out] == [(2, True), (1, False)]
@@ -323,7 +327,7 @@ def _stream(seed: int, n_people: int = 6, n_batches: int = 12) -> list[list[Trac
 def test_same_input_gives_same_ids():
     runs = []
     for _ in range(2):
-        m = Matcher(Gallery(), Topology(), threshold=0.6)
+        m = build.matcher()
         runs.append([m.assign(b) for b in _stream(3)])
     assert runs[0] == runs[1]
     flat = [a for batch in runs[0] for a in batch]
@@ -333,7 +337,7 @@ def test_same_input_gives_same_ids():
 @pytest.mark.parametrize(("max_prototypes", "n_adds"), [(1, 0), (1, 5), (3, 2), (3, 20), (10, 40)])
 def test_prototypes_are_bounded_unit_and_keep_outliers(max_prototypes, n_adds):
     rng = np.random.default_rng(0)
-    g = Gallery(max_prototypes=max_prototypes)
+    g = build.gallery(max_prototypes=max_prototypes)
     i = g.create(basis(0), "A", T0, T0 + 1)
     if max_prototypes > 1:
         g.add(i, basis(7), "A", T0 + 2, T0 + 3)  # an outlying view
@@ -352,7 +356,7 @@ def test_prototypes_are_bounded_unit_and_keep_outliers(max_prototypes, n_adds):
 
 @pytest.mark.parametrize("max_sightings", [1, 3])
 def test_sightings_are_bounded_to_the_latest(max_sightings):
-    g = Gallery(max_sightings=max_sightings)
+    g = build.gallery(max_sightings=max_sightings)
     i = g.create(basis(0), "A", T0, T0 + 1)
     for k in range(1, 8):
         g.add(i, basis(0), "A", T0 + 10 * k, T0 + 10 * k + 1)
@@ -362,7 +366,7 @@ def test_sightings_are_bounded_to_the_latest(max_sightings):
 @pytest.mark.parametrize("n_identities", [0, 1, 50])
 def test_similarities_equal_the_max_over_prototypes(n_identities):
     rng = np.random.default_rng(n_identities)
-    g = Gallery(max_prototypes=4)
+    g = build.gallery(max_prototypes=4)
     protos = {}
     for _ in range(n_identities):
         vs = rng.normal(size=(int(rng.integers(1, 7)), E))
@@ -381,40 +385,44 @@ def test_similarities_equal_the_max_over_prototypes(n_identities):
 
 def test_restore_rebuilds_identities_and_resumes_ids():
     rows = [
-        (7, "B", T0 + 50, T0 + 60, basis(1) * 2.0),  # stored vectors are renormalised
-        (3, "A", T0, T0 + 10, basis(0)),
-        (7, "B", T0 + 70, T0 + 80, basis(2)),
+        SavedTracklet(7, "B", T0 + 50, T0 + 60, basis(1) * 2.0),  # stored vectors are renormalised
+        SavedTracklet(3, "A", T0, T0 + 10, basis(0)),
+        SavedTracklet(7, "B", T0 + 70, T0 + 80, basis(2)),
     ]
-    g = Gallery.restore(rows, model=MODEL)
+    g = build.restored(rows, model=MODEL)
     assert g.ids.tolist() == [3, 7] and g.next_id == 8 and g.model == MODEL
     np.testing.assert_allclose(g.prototypes(7), np.stack([basis(1), basis(2)]))
     assert g.sightings(7) == [Span("B", T0 + 50, T0 + 60), Span("B", T0 + 70, T0 + 80)]
-    m = Matcher(g, Topology(), threshold=0.6)
+    m = build.matcher(g)
     out = m.assign([tracklet("C", 1, mix(0.9, 2, 4), 200, 210), tracklet("C", 2, basis(5), 200, 210)])
     assert [(x.identity_id, x.is_new) for x in out] == [(7, False), (8, True)]
 
 
 @pytest.mark.parametrize(
-    ("rows", "next_id", "expected_next"), [([], 1, 1), ([], 5, 5), ([(2, "A", 0, 1, [1, 0])], 9, 9)]
+    ("rows", "next_id", "expected_next"),
+    [([], 1, 1), ([], 5, 5), ([SavedTracklet(2, "A", 0, 1, np.array([1.0, 0.0]))], 9, 9)],
 )
 def test_restore_next_id(rows, next_id, expected_next):
-    g = Gallery.restore(rows, next_id=next_id)
+    g = build.restored(rows, next_id=next_id)
     assert len(g) == len(rows) and g.next_id == expected_next
 
 
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ((1, "A", 0, 1), "expected \\(identity_id"),
-        (("x", "A", 0, 1, [1.0, 0.0]), "identity_id must be an integer"),
-        ((1, 5, 0, 1, [1.0, 0.0]), "camera_id must be a string"),
-        ((1, "A", 2, 1, [1.0, 0.0]), "start <= end"),
-        ((1, "A", 0, 1, [0.0, 0.0]), "non-zero"),
+        ((1, "A", 0, 1, [1.0, 0.0]), "expected a SavedTracklet, got tuple"),
+        (SavedTracklet("x", "A", 0, 1, np.array([1.0, 0.0])), "identity_id must be an integer"),
+        (SavedTracklet(1, 5, 0, 1, np.array([1.0, 0.0])), "camera_id must be a string"),
+        (SavedTracklet(1, "A", 2, 1, np.array([1.0, 0.0])), "start <= end"),
+        (SavedTracklet(1, "A", 0, 1, np.array([0.0, 0.0])), "non-zero"),
+        (SavedTracklet(1, "A", 0, 1, np.array([1.0, 0.0]), track_id=3), "go together"),
+        (SavedTracklet(1, "A", 0, 1, np.array([1.0, 0.0]), track_id="x", chunk=0, run="r"), "integers"),
     ],
 )
 def test_restore_rejects_bad_rows(row, message):
-    with pytest.raises(ValueError, match=message):
-        Gallery.restore([row])
+    good = SavedTracklet(1, "A", 0, 1, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=rf"rows\[1\][:.].*{message}"):
+        build.restored([good, row])
 
 
 @pytest.mark.parametrize(
@@ -422,7 +430,7 @@ def test_restore_rejects_bad_rows(row, message):
     [("m1", ["m2"]), ("m1", ["m1", "m2"]), (None, ["m1", "m2"])],
 )
 def test_other_models_are_rejected_before_any_change(gallery_model, batch_models):
-    m = Matcher(Gallery(), Topology(), threshold=0.6, model=gallery_model)
+    m = build.matcher(model=gallery_model)
     batch = [tracklet("A", k, basis(k), 0, 1, model=name) for k, name in enumerate(batch_models)]
     with pytest.raises(ValueError, match="model"):
         m.assign(batch)
@@ -431,7 +439,7 @@ def test_other_models_are_rejected_before_any_change(gallery_model, batch_models
 
 def test_matcher_model_must_agree_with_the_gallery():
     with pytest.raises(ValueError, match="model"):
-        Matcher(Gallery(model="m1"), Topology(), threshold=0.6, model="m2")
+        build.matcher(build.gallery(model="m1"), model="m2")
 
 
 @pytest.mark.parametrize(
@@ -451,7 +459,7 @@ def test_bad_batches_are_rejected(batch, message):
 @pytest.mark.parametrize("threshold", [-1.5, 1.01, float("nan")])
 def test_threshold_must_be_a_cosine(threshold):
     with pytest.raises(ValueError, match="threshold"):
-        Matcher(Gallery(), Topology(), threshold=threshold)
+        build.matcher(threshold=threshold)
 
 
 def test_the_worked_example_of_docs_matcher_md():
@@ -472,10 +480,14 @@ def test_the_worked_example_of_docs_matcher_md():
         for name, sims in wanted.items():
             if sims[ident - 1] > 0:
                 s = sims[ident - 1]
-                rows.append((ident, cam, T0 + a, T0 + b, s * u[name] + math.sqrt(1 - s * s) * e(free)))
+                rows.append(
+                    SavedTracklet(ident, cam, T0 + a, T0 + b, s * u[name] + math.sqrt(1 - s * s) * e(free))
+                )
                 free += 1
     m = Matcher(
-        Gallery.restore(rows), Topology({("gate", "hall"): (10, 120)}, [("hall", "hall2")]), threshold=0.6
+        build.restored(rows),
+        Topology({("gate", "hall"): (10, 120)}, [("hall", "hall2")]),
+        threshold=0.6,  # the example's own threshold, whatever the config's default
     )
     assert m.topology.default == "closed"
     [a3] = m.assign([tracklet("gate", 3, e(30), 40, 58)])
@@ -509,9 +521,6 @@ def test_the_worked_example_of_docs_matcher_md():
 
 
 def test_closing_time_groups_let_later_tracklets_of_one_batch_link_to_earlier_ones():
-    from pipeline.matching.matcher import Gallery, Matcher, Topology
-    from pipeline.transport.messages import TrackletEmbedding
-
     v = np.zeros(8, np.float32)
     v[0] = 1.0
 
@@ -519,11 +528,11 @@ def test_closing_time_groups_let_later_tracklets_of_one_batch_link_to_earlier_on
         return TrackletEmbedding(cam, track, 0, 0, 1, start, end, 2, v, np.ones(2), "m")
 
     batch = [emb("b", 2, 20.0, 30.0), emb("a", 1, 0.0, 10.0)]  # arrival order differs from closing order
-    m = Matcher(Gallery(), Topology(), threshold=0.5, model="m")
+    m = build.matcher(threshold=0.5, model="m")
     joint = m.assign([emb("x", 9, 0.0, 1.0), emb("y", 9, 5.0, 6.0)])
     assert joint[0].identity_id != joint[1].identity_id  # one joint batch: both new, never linked
-    m2 = Matcher(Gallery(), Topology(), threshold=0.5, model="m")
-    a = m2.assign_by_closing_time(batch)
+    m2 = build.matcher(threshold=0.5, model="m")
+    a = m2.assign_by_closing_time(batch, window_s=build.DEFAULTS.window_s)
     assert a[1].is_new and a[1].identity_id == 1  # "a" closed first
     assert not a[0].is_new and a[0].identity_id == 1 and a[0].similarity == pytest.approx(1.0)
-    assert m2.assign_by_closing_time([]) == []
+    assert m2.assign_by_closing_time([], window_s=build.DEFAULTS.window_s) == []

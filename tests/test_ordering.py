@@ -16,14 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from pipeline.matching.matcher import Gallery, Matcher, Topology
-from pipeline.matching.ordering import OrderedIntake
+from pipeline.matching.gallery import SavedTracklet
+from pipeline.matching.ordering import Held, OrderedIntake, StreamState
 from pipeline.transport.messages import Order, Progress, TrackletEmbedding
+from tests import matching_defaults as build
 
 T0 = 1_700_000_000.0
 MODEL = "test-model"
 DIM = 32
-THRESHOLD = 0.6
+THRESHOLD = build.DEFAULTS.threshold  # the scene puts cross-person similarities near it
 SESSION = "run-1"
 CLOSE_DELAY_S = 0.7  # a track closes this long after it was last seen (the tracklet builder's max_gap)
 
@@ -94,6 +95,21 @@ def scene(seed: int = 3, cameras=("A", "B", "C"), people: int = 5, per_camera: i
     return [m for _, _, m in timed]
 
 
+def saved(identity_id: int, h: Held) -> SavedTracklet:
+    """What SQL keeps of a decided embedding (the gallery row a restarting matcher reads)."""
+    e = h.embedding
+    return SavedTracklet(
+        identity_id,
+        e.camera_id,
+        e.start_time,
+        e.end_time,
+        e.embedding,
+        int(e.track_id),
+        int(e.chunk),
+        h.session,
+    )
+
+
 def decide(
     arrivals: list[Msg], *, batch: int, crash_after: int | None = None, rng: random.Random | None = None
 ) -> dict[tuple, int]:
@@ -101,16 +117,15 @@ def decide(
     crash after ``crash_after`` messages: rebuild from the saved rows and progress, redeliver the
     unacknowledged messages (shuffled) before the rest. Returns tracklet key -> identity id."""
     clock = Clock()
-    saved_rows: list[tuple] = []  # what SQL would hold: gallery rows with track info
-    saved_progress: dict[tuple[str, str], object] = {}
+    saved_rows: list[SavedTracklet] = []  # what SQL would hold: gallery rows with track info
+    saved_progress: dict[tuple[str, str], StreamState] = {}
     decided: dict[tuple, int] = {}
     acked: set[str] = set()
 
     def fresh():
-        gallery = Gallery.restore(saved_rows, model=MODEL) if saved_rows else Gallery(model=MODEL)
-        intake = OrderedIntake(window_s=1.0, max_wait_s=60.0, clock=clock)
+        intake = build.intake(clock=clock)
         intake.load(saved_progress.values())
-        return Matcher(gallery, Topology(), threshold=THRESHOLD, model=MODEL), intake
+        return build.matcher(build.restored(saved_rows, model=MODEL), model=MODEL), intake
 
     matcher, intake = fresh()
 
@@ -119,21 +134,11 @@ def decide(
         for bucket in r.buckets:
             batch_e = [h.embedding for h in bucket]
             for h, a in zip(bucket, matcher.assign(batch_e), strict=True):
-                e = h.embedding
-                decided[(h.session, *e.key)] = a.identity_id
-                saved_rows.append(
-                    (
-                        a.identity_id,
-                        e.camera_id,
-                        e.start_time,
-                        e.end_time,
-                        e.embedding,
-                        (e.track_id, e.chunk, h.session),
-                    )
-                )
+                decided[(h.session, *h.embedding.key)] = a.identity_id
+                saved_rows.append(saved(a.identity_id, h))
         assert not r.unordered
         for p in r.progress:
-            saved_progress[(p.session_key, p.camera_id)] = p
+            saved_progress[(p.session, p.camera_id)] = p
         acked.update(r.ack)
 
     queue = list(arrivals)
@@ -173,12 +178,16 @@ def jittered(msgs: list[Msg], seed: int, spread: int = 12) -> list[Msg]:
 
 def unordered_decisions(arrivals: list[Msg], batch: int) -> dict[tuple, int]:
     """Decide in arrival order, batch by batch (what the matcher did before the intake)."""
-    matcher = Matcher(Gallery(model=MODEL), Topology(), threshold=THRESHOLD, model=MODEL)
+    matcher = build.matcher(model=MODEL)
     emb = [m for m in arrivals if isinstance(m.item, TrackletEmbedding)]
     out = {}
     for k in range(0, len(emb), batch):
         chunk = [m.item for m in emb[k : k + batch]]
-        for m, a in zip(emb[k : k + batch], matcher.assign_by_closing_time(chunk), strict=True):
+        for m, a in zip(
+            emb[k : k + batch],
+            matcher.assign_by_closing_time(chunk, window_s=build.DEFAULTS.window_s),
+            strict=True,
+        ):
             out[(m.session, *m.item.key)] = a.identity_id
     return out
 
@@ -226,19 +235,16 @@ def test_the_restored_gallery_equals_the_live_one():
     """Prototypes, sightings and the track map come back from the rows as the live matcher had them."""
     msgs = scene()
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
-    matcher = Matcher(Gallery(model=MODEL), Topology(), threshold=THRESHOLD, model=MODEL)
+    intake = build.intake(clock=clock)
+    matcher = build.matcher(model=MODEL)
     rows = []
     for m in msgs:
         intake.offer(m.id, m.item, m.session)
     for bucket in intake.release().buckets:
         for h, a in zip(bucket, matcher.assign([h.embedding for h in bucket]), strict=True):
-            e = h.embedding
-            rows.append(
-                (a.identity_id, e.camera_id, e.start_time, e.end_time, e.embedding, (e.track_id, 0, SESSION))
-            )
+            rows.append(saved(a.identity_id, h))
     live = matcher.gallery
-    restored = Gallery.restore(list(reversed(rows)), model=MODEL)
+    restored = build.restored(list(reversed(rows)), model=MODEL)
     assert list(restored.ids) == list(live.ids)
     for identity in live.ids:
         np.testing.assert_array_equal(restored.prototypes(int(identity)), live.prototypes(int(identity)))
@@ -278,7 +284,7 @@ def released_keys(intake: OrderedIntake) -> list[tuple]:
 
 def test_a_gap_holds_the_stream_back_until_it_fills():
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
+    intake = build.intake(clock=clock)
     intake.offer("a1", _emb("A", 1, end=5, wm=9), SESSION)  # seq 0 has not arrived
     intake.offer("mA", Progress("A", 1, T0 + 20, 0), SESSION)  # nor can this marker apply
     assert released_keys(intake) == []
@@ -289,7 +295,7 @@ def test_a_gap_holds_the_stream_back_until_it_fills():
 
 def test_buckets_are_released_only_when_every_camera_has_passed_them():
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
+    intake = build.intake(clock=clock)
     intake.offer("mB", Progress("B", -1, T0 + 2.5, 0), SESSION)  # B has published nothing, up to 2.5 s
     intake.offer("a0", _emb("A", 0, end=1.2, wm=4), SESSION)
     intake.offer("a1", _emb("A", 1, end=3.5, wm=6), SESSION)
@@ -300,7 +306,7 @@ def test_buckets_are_released_only_when_every_camera_has_passed_them():
 
 def test_a_gap_that_never_fills_is_skipped_after_max_wait(caplog):
     clock = Clock()
-    intake = OrderedIntake(clock=clock, max_wait_s=10)
+    intake = build.intake(clock=clock, max_wait_s=10)
     intake.offer("a1", _emb("A", 1, end=5, wm=9), SESSION)
     clock.now = 9.0
     assert released_keys(intake) == []
@@ -313,7 +319,7 @@ def test_a_gap_that_never_fills_is_skipped_after_max_wait(caplog):
 
 def test_an_idle_or_silent_camera_does_not_hold_the_others_back():
     clock = Clock()
-    intake = OrderedIntake(clock=clock, max_wait_s=10)
+    intake = build.intake(clock=clock, max_wait_s=10)
     intake.offer("mB", Progress("B", -1, T0 + 0.0, 0), SESSION)
     intake.offer("a0", _emb("A", 0, end=2, wm=50), SESSION)
     assert released_keys(intake) == []  # B may still publish something ending at 0 s
@@ -328,7 +334,7 @@ def test_an_idle_or_silent_camera_does_not_hold_the_others_back():
 
 def test_a_final_camera_is_not_waited_for_and_late_arrivals_are_counted():
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
+    intake = build.intake(clock=clock)
     intake.offer("mB", Progress("B", 0, T0 + 100, 0, final=True), SESSION)  # B ended after its seq 0
     intake.offer("a0", _emb("A", 0, end=2, wm=50), SESSION)
     intake.offer("mA", Progress("A", 0, T0 + 100, 0, final=True), SESSION)
@@ -343,7 +349,7 @@ def test_a_final_camera_is_not_waited_for_and_late_arrivals_are_counted():
 
 def test_redelivered_duplicates_are_acknowledged_not_decided_twice():
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
+    intake = build.intake(clock=clock)
     e = _emb("A", 0, end=2, wm=50)
     intake.offer("x1", e, SESSION)
     intake.offer("x2", e, SESSION)
@@ -358,7 +364,7 @@ def test_a_camera_run_started_again_under_its_key_is_waited_for_again():
     the new run re-opens the stream, the republished tracklets are ready at once (already decided upstream),
     the new ones are waited for in order again."""
     clock = Clock()
-    intake = OrderedIntake(clock=clock)
+    intake = build.intake(clock=clock)
     intake.offer("a0", _emb("A", 0, end=2, wm=5), SESSION)
     intake.offer("mA", Progress("A", 0, T0 + 5, 3, final=True, started_at=1.0), SESSION)  # interrupted
     intake.offer("mB", Progress("B", -1, T0 + 100, 0), SESSION)

@@ -26,10 +26,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from common.redact import redact_text
 from pipeline.transport.messages import Tracklet, TrackletEmbedding
 from storage import queries
 from storage import repository as repo
-from storage.db import Store, StoreError, alembic_config, open_store, redact_text
+from storage.db import Store, StoreError, alembic_config, open_store
 from storage.models import Base, CameraRow, EmbeddingRow, IdentityRow, SightingRow, TrackletRow, UTCDateTime
 from tests.conftest import PG_URL, pg_unreachable
 
@@ -874,3 +875,22 @@ def test_document_outage_example_pairs_reconnections(store, scene):
             )
         ).all()
     assert [tuple(r) for r in rows] == [("A", at(100), at(160), "timeout"), ("B", at(3900), None, None)]
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        *((f"storage.{m}", "pipeline") for m in ("db", "models", "queries", "repository")),
+        *((f"pipeline.matching.{m}", "storage") for m in ("topology", "gallery", "matcher", "ordering")),
+    ],
+)
+def test_no_import_runs_back(module: str, forbidden: str) -> None:
+    """The store never imports the pipeline; the matching logic never imports the store (a fresh interpreter,
+    so that nothing this test session imported earlier hides an import)."""
+    code = (
+        f"import sys, {module}; "
+        f"print(sorted(m for m in sys.modules if m == {forbidden!r} or m.startswith({forbidden!r} + '.')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"{module} imports {run.stdout.strip()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -11,13 +12,16 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.transport.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding
 from pipeline.transport.wire import (
     WIRE_VERSION,
+    Envelope,
     WireError,
     decode_embedding,
+    decode_matcher_input,
     decode_tracklet,
     encode_embedding,
+    encode_progress,
     encode_tracklet,
 )
 
@@ -82,9 +86,10 @@ SPAN = ("camera_id", "track_id", "chunk", "first_frame", "last_frame", "start_ti
 def test_tracklet_round_trip(t: int, quality: int, max_mean_err: float) -> None:
     original = make_tracklet(t)
     data = encode_tracklet(original, session="run-42", jpeg_quality=quality)
-    decoded, session = decode_tracklet(data)
+    envelope = decode_tracklet(data)
+    decoded = envelope.message
 
-    assert session == "run-42"
+    assert isinstance(envelope, Envelope) and envelope.session == "run-42"
     for name in SPAN:
         assert getattr(decoded, name) == getattr(original, name), name
     for name in ("frame_indices", "timestamps", "boxes", "scores"):
@@ -99,7 +104,7 @@ def test_tracklet_round_trip(t: int, quality: int, max_mean_err: float) -> None:
 
 def test_tracklet_crops_of_another_size_round_trip() -> None:
     original = make_tracklet(2, h=64, w=32)
-    decoded, _ = decode_tracklet(encode_tracklet(original, session="s"))
+    decoded = decode_tracklet(encode_tracklet(original, session="s")).message
     assert decoded.crops.shape == (2, 64, 32, 3)
 
 
@@ -111,8 +116,9 @@ def test_lower_jpeg_quality_makes_smaller_messages() -> None:
 @pytest.mark.parametrize(("dim", "parts", "boxes"), [(1, 0, 0), (128, 6, 0), (2048, 6, 12)])
 def test_embedding_round_trip_is_exact(dim: int, parts: int, boxes: int) -> None:
     original = make_embedding(dim, parts, boxes)
-    decoded, session = decode_embedding(encode_embedding(original, session="run-7"))
-    assert session == "run-7"
+    envelope = decode_embedding(encode_embedding(original, session="run-7"))
+    decoded = envelope.message
+    assert envelope.session == "run-7"
     for name in (*SPAN, "model"):
         assert getattr(decoded, name) == getattr(original, name), name
     for name in ("embedding", "part_visibility", "boxes"):
@@ -342,5 +348,33 @@ def test_wire_error_is_a_value_error() -> None:
 
 def test_unknown_keys_are_ignored_within_a_version() -> None:
     data = _mutate(_embedding_msg, _set("added_in_a_later_build", [1, 2, 3]))
-    decoded, _ = decode_embedding(data)
-    assert decoded.track_id == 17
+    assert decode_embedding(data).message.track_id == 17
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Progress("cam1", last_seq=-1, watermark=float("-inf"), n=0, published_at=1.7e9),  # nothing sent yet
+        Progress("cam1", 41, 1.7e9 + 5, 12, idle=True, final=True, published_at=1.7e9 + 6, started_at=1.7e9),
+        make_embedding(),
+        replace(make_embedding(), order=Order(seq=3, watermark=float("-inf"), published_at=1.7e9)),
+    ],
+    ids=["first marker", "final idle marker", "embedding", "ordered embedding"],
+)
+def test_matcher_input_round_trips_in_an_envelope(message: Progress | TrackletEmbedding) -> None:
+    if isinstance(message, Progress):
+        data = encode_progress(message, session="run-3")
+    else:
+        data = encode_embedding(message, session="run-3")
+    envelope = decode_matcher_input(data)
+    assert envelope.session == "run-3" and type(envelope.message) is type(message)
+    if isinstance(message, Progress):
+        assert envelope.message == message
+    else:
+        assert envelope.message.key == message.key and envelope.message.order == message.order
+        assert envelope.message.embedding.tobytes() == message.embedding.tobytes()
+
+
+def test_matcher_input_refuses_a_tracklet() -> None:
+    with pytest.raises(WireError, match="type: expected 'embedding' or 'progress', got 'tracklet'"):
+        decode_matcher_input(encode_tracklet(make_tracklet(1), session="s"))

@@ -34,21 +34,30 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from pipeline.matching.matcher import Gallery, Matcher, Topology
+from pipeline.matching.matcher import Matcher
+from pipeline.matching.topology import Topology
 from pipeline.matching.worker import restore_matcher, run_matcher_worker
 from pipeline.transport.messages import Tracklet, TrackletEmbedding
-from pipeline.transport.queues import LocalBroker, LocalQueue, Queue, RedisQueue, start_local_broker
+from pipeline.transport.queues import (
+    LocalBroker,
+    LocalQueue,
+    Queue,
+    QueueError,
+    RedisQueue,
+    start_local_broker,
+)
+from pipeline.transport.retry import RETRYABLE_ERRORS, is_retryable
 from pipeline.transport.wire import decode_embedding, decode_tracklet, encode_embedding, encode_tracklet
 from storage import repository as repo
-from storage.db import Store, open_store
+from storage.db import Store, StoreError, open_store
 from storage.models import SightingRow, TrackletRow
+from tests import matching_defaults as build
 from tests.conftest import PG_URL, REDIS_URL, pg_unreachable, redis_unreachable, shared_path
 
 T0 = 1_700_000_000.0
 MODEL = "test-model@0123456789ab"
 DIM = 128
 PARTS = 6
-THRESHOLD = 0.6
 SESSION = "run-1"
 PKU_IDS = ("007", "008", "010")  # held out from the default checkpoint's training ids
 PKU_CAMS = ("01", "02")
@@ -189,10 +198,10 @@ def _expected(
     batches: Sequence[Sequence[TrackletEmbedding]], *, next_id: int = 1
 ) -> dict[tuple[str, int, int], tuple[int, float | None]]:
     """What the worker must store: the pure matcher's decision, batch by batch, keyed by tracklet key."""
-    matcher = Matcher(Gallery(next_id=next_id), Topology(), threshold=THRESHOLD, model=MODEL)
+    matcher = build.matcher(build.gallery(next_id=next_id), model=MODEL)
     out = {}
     for batch in batches:
-        for a in matcher.assign_by_closing_time(batch):
+        for a in matcher.assign_by_closing_time(batch, window_s=build.DEFAULTS.window_s):
             out[a.key] = (a.identity_id, a.similarity)
     return out
 
@@ -243,8 +252,19 @@ def _publish(queue: Queue, stream: str, embeddings: Sequence[TrackletEmbedding])
     return [queue.publish(stream, encode_embedding(e, session=SESSION)) for e in embeddings]
 
 
+def _restore(store: Store) -> Matcher:
+    """The matcher worker's own restore, with the config schema's defaults."""
+    d = build.DEFAULTS
+    return restore_matcher(
+        store, topology=Topology(), threshold=d.threshold, model=MODEL, max_prototypes=d.max_prototypes
+    )
+
+
 def _restoring(store: Store) -> Callable[[], Matcher]:
-    return lambda: restore_matcher(store, topology=Topology(), threshold=THRESHOLD, model=MODEL)
+    return lambda: _restore(store)
+
+
+WORKER_TIMING = {"window_s": build.DEFAULTS.window_s, "max_wait_s": build.DEFAULTS.max_wait_s}
 
 
 def _bounded(worker: Callable[..., int], timeout: float = WORKER_TIMEOUT_S, **kw) -> int:
@@ -281,6 +301,7 @@ def _run_matcher(queue: Queue, store, make: Callable[[], Matcher], stream: str, 
         "block_ms": 100,
         "retry_s": 0.05,
         "batch_size": 3,
+        **WORKER_TIMING,
         **kw,
     }
     return _bounded(run_matcher_worker, queue=queue, store=store, make_matcher=make, stream=stream, **kw)
@@ -408,11 +429,12 @@ def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, qu
 
     out = queue.consume(s_out, "matcher", "probe", count=100, block_ms=0)  # the worker created this group
     decoded = [decode_embedding(m.payload) for m in out]
-    embeddings = {e.key: e for e, _ in decoded}
+    embeddings = {d.message.key: d.message for d in decoded}
     assert len(decoded) == len(good) and sorted(embeddings) == sorted(t.key for t in good), "one per tracklet"
     for t in good:
-        e, session = next(d for d in decoded if d[0].key == t.key)
-        assert session == f"cam-run-{t.camera_id}"
+        envelope = next(d for d in decoded if d.message.key == t.key)
+        e = envelope.message
+        assert envelope.session == f"cam-run-{t.camera_id}"
         span = ("first_frame", "last_frame", "start_time", "end_time", "num_frames")
         assert [getattr(e, f) for f in span] == [getattr(t, f) for f in span]
         np.testing.assert_array_equal(e.boxes, t.boxes)
@@ -421,7 +443,7 @@ def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, qu
         assert e.part_visibility.shape == (encoder.model.cfg.num_parts,)
         assert ((e.part_visibility >= 0) & (e.part_visibility <= 1)).all()
     # Each embedding is its own tracklet's (as decoded from the wire, JPEG and all), not a neighbour's.
-    direct = encoder.encode([decode_tracklet(p)[0] for p in good_payloads])
+    direct = encoder.encode([decode_tracklet(p).message for p in good_payloads])
     for d in direct:
         np.testing.assert_allclose(embeddings[d.key].embedding, d.embedding, atol=1e-4)
 
@@ -499,8 +521,9 @@ def test_redelivered_embedding_changes_nothing_in_sql(queue: Queue, make_store, 
 
 
 class _FaultyStore:
-    """A :class:`Store` whose first write commit fails: by raising before it (``"commit raises"``), or, on
-    PostgreSQL, by the server terminating the session's connection just before COMMIT is sent."""
+    """A :class:`Store` whose first write commit fails: by the connection error a dropped connection gives
+    (``"commit raises"``), by a programming error (``"bug"``), or, on PostgreSQL, by the server terminating
+    the session's connection just before COMMIT is sent (``"backend terminated"``)."""
 
     def __init__(self, store: Store, fault: str) -> None:
         self._store = store
@@ -520,8 +543,11 @@ class _FaultyStore:
         if self._fault == "backend terminated":
             pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
             _pg_admin("SELECT pg_terminate_backend(:pid)", pid=pid)
+        elif self._fault == "bug":
+            raise TypeError("injected: a bug in the transaction")
         else:
-            raise RuntimeError("injected: the commit failed")
+            # what the driver raises when the connection drops mid-COMMIT
+            raise sa.exc.OperationalError("COMMIT", None, ConnectionResetError("injected: the commit failed"))
 
     def dispose(self) -> None:
         self._store.dispose()
@@ -543,8 +569,8 @@ def _commit_fails_once(queue: Queue, store: Store, stream: str, fault: str, rebu
         if calls == 2:
             seen_after_failure.append((queue.pending_count(stream, "matcher"), _sql_rows(_snapshot(store))))
             if rebuild_fails_once:
-                raise RuntimeError("injected: the database is still away")
-        return restore_matcher(faulty, topology=Topology(), threshold=THRESHOLD, model=MODEL)
+                raise StoreError("injected: the database is still away")
+        return _restore(faulty)
 
     assert _run_matcher(queue, faulty, make, stream) == len(scene)
 
@@ -573,6 +599,97 @@ def test_database_connection_killed_at_commit_is_retried(
 ) -> None:
     store, _ = make_store()
     _commit_fails_once(queue, store, names("embeddings"), "backend terminated", rebuild_fails_once)
+
+
+def _dbapi(kind: type[sa.exc.DBAPIError] = sa.exc.DBAPIError, *, invalidated: bool = False):
+    return kind("SELECT 1", None, Exception("injected"), connection_invalidated=invalidated)
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable"),
+    [
+        (_dbapi(sa.exc.OperationalError), True),  # server gone, connection dropped
+        (_dbapi(invalidated=True), True),  # any driver error that cost the connection
+        (_dbapi(sa.exc.InterfaceError, invalidated=True), True),
+        (_dbapi(), False),
+        (_dbapi(sa.exc.IntegrityError), False),  # a duplicate key: retrying cannot help
+        (_dbapi(sa.exc.ProgrammingError), False),
+        (StoreError("cannot open store"), True),
+        (QueueError("redis unreachable"), True),
+        (redis.ConnectionError("refused"), True),
+        (redis.TimeoutError("timed out"), True),
+        (ConnectionResetError("reset"), True),
+        (OSError("no route"), True),
+        (redis.ResponseError("WRONGTYPE"), False),
+        (TypeError("a bug"), False),
+        (ValueError("a bug"), False),
+        (KeyError("a bug"), False),
+        (RuntimeError("a bug"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_only_connection_errors_are_retryable(error: BaseException, retryable: bool) -> None:
+    assert is_retryable(error) is retryable
+    assert isinstance(error, RETRYABLE_ERRORS) or not retryable  # what is retryable is also caught
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("injected: a bug in setup"), _dbapi(sa.exc.IntegrityError)],
+    ids=["TypeError", "IntegrityError"],
+)
+def test_a_setup_error_that_is_not_an_outage_stops_the_worker(
+    queue: Queue, make_store, names, error: BaseException
+) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    _publish(queue, stream, _scene(seed=29)[:3])
+    calls = 0
+
+    def make() -> Matcher:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    with pytest.raises(type(error)):
+        _run_matcher(queue, store, make, stream, timeout=10)
+    assert calls == 1, "retried a programming error"
+    assert _sql_rows(_snapshot(store)) == EMPTY_SQL
+
+
+@pytest.mark.parametrize(
+    "error",
+    [_dbapi(sa.exc.OperationalError), _dbapi(invalidated=True), StoreError("injected")],
+    ids=["OperationalError", "invalidated DBAPIError", "StoreError"],
+)
+def test_a_setup_outage_is_retried(queue: Queue, make_store, names, error: BaseException) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = _scene(seed=31)
+    _publish(queue, stream, scene)
+    calls = 0
+
+    def make() -> Matcher:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        return _restore(store)
+
+    assert _run_matcher(queue, store, make, stream) == len(scene)
+    assert calls == 2
+    _assert_sightings(_snapshot(store).sightings, _expected([scene[:3], scene[3:]]))
+
+
+def test_a_bug_at_commit_stops_the_worker_with_nothing_acknowledged(queue: Queue, make_store, names) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    _publish(queue, stream, _scene(seed=37))
+    faulty = _FaultyStore(store, "bug")
+    with pytest.raises(TypeError, match="injected"):
+        _run_matcher(queue, faulty, lambda: _restore(faulty), stream, timeout=20)
+    assert faulty.failures == 1
+    assert queue.pending_count(stream, "matcher") == 3 and _sql_rows(_snapshot(store)) == EMPTY_SQL
 
 
 def test_restarted_matcher_keeps_identities_and_numbering(queue: Queue, make_store, names) -> None:
@@ -700,7 +817,14 @@ def _doomed_matcher(
 
     sa.event.listen(Session, hook, hang)
     run_matcher_worker(
-        queue, store, _restoring(store), stream=stream, consumer=consumer, batch_size=3, block_ms=100
+        queue,
+        store,
+        _restoring(store),
+        stream=stream,
+        consumer=consumer,
+        batch_size=3,
+        block_ms=100,
+        **WORKER_TIMING,
     )
 
 

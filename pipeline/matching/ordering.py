@@ -33,13 +33,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pipeline.transport.messages import Progress, TrackletEmbedding
-from storage.repository import StreamProgress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Held", "OrderedIntake", "Release"]
+__all__ = ["Held", "OrderedIntake", "Release", "StreamState"]
 
 StreamKey = tuple[str, str]  # (session, camera_id)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """How far the intake has read one camera worker run in order: what it saves and resumes from.
+
+    ``session`` and ``camera_id`` name the stream; ``next_seq`` is the next sequence number expected;
+    ``watermark`` the greatest applied watermark (POSIX seconds; ``None`` before any); ``final`` whether the
+    run said it ended. The caller stores these (the matcher worker: ``match_progress`` rows) and hands them
+    back to :meth:`OrderedIntake.load` after a restart.
+    """
+
+    session: str
+    camera_id: str
+    next_seq: int
+    watermark: float | None
+    final: bool
 
 
 @dataclass(frozen=True)
@@ -57,13 +73,13 @@ class Release:
 
     ``buckets``: ordered embeddings, bucket by bucket in time order, each sorted by ``(end_time, key)``, to be
     assigned one bucket at a time; ``unordered``: embeddings without an order, decided together as before;
-    ``progress``: ``match_progress`` rows to save in the same transaction; ``ack``: message ids to acknowledge
+    ``progress``: the streams' changed :class:`StreamState`, to save in the same transaction; ``ack``: message ids to acknowledge
     once it committed (the released embeddings, applied markers and duplicates).
     """
 
     buckets: list[list[Held]] = field(default_factory=list)
     unordered: list[Held] = field(default_factory=list)
-    progress: list[StreamProgress] = field(default_factory=list)
+    progress: list[StreamState] = field(default_factory=list)
     ack: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -98,15 +114,17 @@ class _Stream:
 class OrderedIntake:
     """Reorders one matcher's input; see the module docstring. Not thread-safe (one matcher loop owns it).
 
-    ``clock`` is monotonic seconds (injectable for tests). Restore a restarted matcher's state with
-    :meth:`load` (rows from ``match_progress``) before offering anything.
+    ``window_s`` and ``max_wait_s`` as in the module docstring (no defaults here: the config schema's
+    ``matcher`` section holds them). ``clock`` is monotonic seconds (injectable for tests). Restore a
+    restarted matcher's state with :meth:`load` (the :class:`StreamState` saved with earlier releases)
+    before offering anything.
     """
 
     def __init__(
         self,
         *,
-        window_s: float = 1.0,
-        max_wait_s: float = 60.0,
+        window_s: float,
+        max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not window_s > 0 or not max_wait_s > 0:
@@ -125,17 +143,17 @@ class OrderedIntake:
 
     # -- state ---------------------------------------------------------------------------------------
 
-    def load(self, rows: Iterable[StreamProgress], *, grace_s: float = 5.0) -> None:
+    def load(self, rows: Iterable[StreamState], *, grace_s: float = 5.0) -> None:
         """Resume from saved progress. A stream that was not final and says nothing within ``grace_s`` is
         taken to be gone (its camera worker ended without a final marker)."""
         now = self.clock()
         quiet_since = now - self.max_wait_s + grace_s
         for r in rows:
-            s = _Stream(r.session_key, r.camera_id, heard_at=quiet_since, moved_at=now)
+            s = _Stream(r.session, r.camera_id, heard_at=quiet_since, moved_at=now)
             s.next_seq, s.final = int(r.next_seq), bool(r.final)
             s.watermark = -math.inf if r.watermark is None else float(r.watermark)
             s.last_pos = (s.next_seq - 1, 0, -1)
-            self._streams[(r.session_key, r.camera_id)] = s
+            self._streams[(r.session, r.camera_id)] = s
 
     def expect(self, session: str, camera_ids: Iterable[str]) -> None:
         """Wait for these streams (the cameras of this run) even before they say anything."""
@@ -238,7 +256,7 @@ class OrderedIntake:
         for s in self._streams.values():
             if s.dirty:
                 wm = s.watermark if math.isfinite(s.watermark) else None
-                out.progress.append(StreamProgress(s.session, s.camera_id, s.next_seq, wm, s.final))
+                out.progress.append(StreamState(s.session, s.camera_id, s.next_seq, wm, s.final))
                 s.dirty = False
         return out
 

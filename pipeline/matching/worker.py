@@ -6,7 +6,13 @@ in ONE transaction: store each tracklet and its embedding (idempotent on the nat
 that already have a sighting (a redelivered message changes nothing), assign each bucket jointly with
 :class:`pipeline.matching.matcher.Matcher`, store identities, sightings and the intake's progress; commit; only then
 acknowledge the messages. If the commit fails the in-memory gallery may be ahead of SQL, so the gallery and
-the intake are rebuilt from SQL and the held messages offered again.
+the intake are rebuilt from SQL and the held messages offered again. Only a lost database or queue connection
+is retried (:mod:`pipeline.transport.retry`); any other error is a bug and stops the worker.
+
+The worker is the one place that converts between the store's rows and the matching records: the
+repository's ``GalleryEntry`` becomes the gallery's :class:`~pipeline.matching.gallery.SavedTracklet`, its
+``StreamProgress`` the intake's :class:`~pipeline.matching.ordering.StreamState` and back; the pure logic
+never sees ``storage``.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from pipeline.matching.matcher import Gallery, Matcher, Topology
-from pipeline.matching.ordering import Held, OrderedIntake, Release
+from common.redact import redact_text
+from pipeline.matching.gallery import Gallery, SavedTracklet
+from pipeline.matching.matcher import Matcher
+from pipeline.matching.ordering import Held, OrderedIntake, Release, StreamState
+from pipeline.matching.topology import Topology
 from pipeline.transport.messages import Progress, TrackletEmbedding
 from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
-from pipeline.transport.wire import decode_matcher_input
+from pipeline.transport.retry import RETRYABLE_ERRORS, is_retryable
+from pipeline.transport.wire import Envelope, decode_matcher_input
 from storage import repository as repo
 from storage.db import Store
 
@@ -32,18 +42,22 @@ _TAKEOVER_MAX = 100_000  # messages a starting matcher takes over at once (one r
 
 
 def restore_matcher(
-    store: Store, *, topology: Topology, threshold: float, model: str, max_prototypes: int = 10
+    store: Store, *, topology: Topology, threshold: float, model: str, max_prototypes: int
 ) -> Matcher:
-    """A matcher whose gallery holds every identity already in SQL for ``model``."""
+    """A matcher whose gallery holds every identity already in SQL for ``model``; new identities are numbered
+    after the largest stored id (of any model). Raises what the store raises (see :func:`run_matcher_worker`
+    for which of it is retried)."""
     with store.session(readonly=True) as s:
         rows = [
-            (
-                g.identity_id,
-                g.camera_id,
-                g.start_time,
-                g.end_time,
-                g.vector,
-                (g.track_id, g.chunk, g.session_key),
+            SavedTracklet(
+                identity_id=g.identity_id,
+                camera_id=g.camera_id,
+                start=g.start_time,
+                end=g.end_time,
+                vector=g.vector,
+                track_id=g.track_id,
+                chunk=g.chunk,
+                run=g.session_key,
             )
             for g in repo.load_gallery(s, model)
         ]
@@ -65,8 +79,8 @@ def run_matcher_worker(
     stop: threading.Event | None = None,
     drain: threading.Event | None = None,
     retry_s: float = 1.0,
-    window_s: float = 1.0,
-    max_wait_s: float = 60.0,
+    window_s: float,
+    max_wait_s: float,
     expect: tuple[str, list[str]] | None = None,
 ) -> int:
     """Serve until ``stop``, or until ``drain`` is set and the stream has no lag. Returns tracklets assigned.
@@ -77,6 +91,11 @@ def run_matcher_worker(
     ``expect=(session, camera_ids)``: the streams of this run, waited for before they say anything. When a
     transaction fails, SQL stays the truth: the gallery and the intake are rebuilt from it and every message
     still held is offered again (nothing is read twice from the queue, so nothing nears ``max_deliveries``).
+
+    Retried, every ``retry_s``: a rebuild (``make_matcher``, the intake) or a transaction that fails with a
+    connection-level error (:func:`pipeline.transport.retry.is_retryable`). Anything else, such as a
+    ``TypeError`` in ``make_matcher`` or a ``ValueError`` from the matcher, propagates: the worker stops
+    with it, leaving unacknowledged what it had not committed.
     """
     queue.ensure_group(stream, group)
     held: dict[str, Message] = {}  # every message read and not yet acknowledged, in arrival order
@@ -89,8 +108,14 @@ def run_matcher_worker(
             try:
                 matcher = make_matcher()
                 intake = _restore_intake(store, window_s=window_s, max_wait_s=max_wait_s)
-            except Exception as exc:
-                log.warning("cannot rebuild the matcher's state from SQL yet: %s", exc)
+            except RETRYABLE_ERRORS as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning(
+                    "cannot rebuild the matcher's state from SQL yet: %s: %s",
+                    type(exc).__name__,
+                    redact_text(str(exc)),
+                )
                 matcher = intake = None
                 time.sleep(retry_s)
                 continue
@@ -115,12 +140,15 @@ def run_matcher_worker(
                 break
             continue
         try:
-            assigned += _commit(store, matcher, release)
-        except Exception as exc:  # the database went away mid-batch: nothing was acknowledged, retry it
+            assigned += _commit(store, matcher, release, window_s=window_s)
+        except RETRYABLE_ERRORS as exc:
+            if not is_retryable(exc):
+                raise
+            # the database went away mid-batch: nothing was acknowledged, retry it
             log.warning(
                 "matcher transaction failed (%s: %s); rebuilding the gallery from SQL and retrying",
                 type(exc).__name__,
-                exc,
+                redact_text(str(exc)),
             )
             time.sleep(retry_s)
             store.dispose()
@@ -142,28 +170,32 @@ def run_matcher_worker(
 def _restore_intake(store: Store, *, window_s: float, max_wait_s: float) -> OrderedIntake:
     intake = OrderedIntake(window_s=window_s, max_wait_s=max_wait_s)
     with store.session(readonly=True) as s:
-        intake.load(repo.load_progress(s))
+        intake.load(
+            StreamState(r.session_key, r.camera_id, r.next_seq, r.watermark, r.final)
+            for r in repo.load_progress(s)
+        )
     return intake
 
 
-def _decoder(matcher: Matcher | None = None) -> Callable[[bytes], tuple[TrackletEmbedding | Progress, str]]:
+def _decoder(matcher: Matcher | None = None) -> Callable[[bytes], Envelope[TrackletEmbedding | Progress]]:
     model = matcher.gallery.model if matcher is not None else None
     dim = matcher.gallery.dim if matcher is not None else None
 
-    def decode(payload: bytes) -> tuple[TrackletEmbedding | Progress, str]:
+    def decode(payload: bytes) -> Envelope[TrackletEmbedding | Progress]:
         # Matcher.assign rejects a whole batch for one such embedding; retried, its neighbours would end in
         # the dead-letter stream with it. Refuse it alone, before anything is stored.
         nonlocal model, dim
-        item, session = decode_matcher_input(payload)
+        envelope = decode_matcher_input(payload)
+        item = envelope.message
         if isinstance(item, Progress):
-            return item, session
+            return envelope
         model, dim = model or item.model, dim or int(item.embedding.shape[0])
         if item.model != model or item.embedding.shape != (dim,):
             raise ValueError(
                 f"embedding of model {item.model!r} with {item.embedding.shape[0]} values; the matcher compares "
                 f"{model!r} embeddings of {dim}"
             )
-        return item, session
+        return envelope
 
     return decode
 
@@ -173,12 +205,13 @@ def _offer(queue: Queue, intake: OrderedIntake, m: Message, decode, stream: str,
     if not decoded:
         held.pop(m.id, None)  # moved to the dead-letter stream (which acknowledges it)
         return
-    _, (item, session) = decoded[0]
-    intake.offer(m.id, item, session)
+    _, envelope = decoded[0]
+    intake.offer(m.id, envelope.message, envelope.session)
 
 
-def _commit(store: Store, matcher: Matcher, release: Release) -> int:
-    """One transaction: store the released tracklets and embeddings, decide them, save the progress."""
+def _commit(store: Store, matcher: Matcher, release: Release, *, window_s: float) -> int:
+    """One transaction: store the released tracklets and embeddings, decide them (ordered buckets one by one,
+    unordered embeddings by closing time in ``window_s`` groups), save the progress."""
     now = datetime.now(UTC)
     assigned = 0
     with store.session() as s:
@@ -200,7 +233,9 @@ def _commit(store: Store, matcher: Matcher, release: Release) -> int:
             if not fresh:
                 continue
             batch = [e for _, e in fresh]
-            assignments = matcher.assign(batch) if ordered else matcher.assign_by_closing_time(batch)
+            assignments = (
+                matcher.assign(batch) if ordered else matcher.assign_by_closing_time(batch, window_s=window_s)
+            )
             for (tid, _), a in zip(fresh, assignments, strict=True):
                 repo.ensure_identity(s, a.identity_id, created_at=now)
                 repo.add_sighting(s, tid, a.identity_id, a.similarity, now)
@@ -208,6 +243,10 @@ def _commit(store: Store, matcher: Matcher, release: Release) -> int:
             assigned += len(fresh)
         for identity_id in sorted(touched):
             repo.update_identity_stats(s, identity_id)
-        repo.save_progress(s, release.progress, now=now)
+        progress = [
+            repo.StreamProgress(p.session, p.camera_id, p.next_seq, p.watermark, p.final)
+            for p in release.progress
+        ]
+        repo.save_progress(s, progress, now=now)
         s.commit()
     return assigned

@@ -21,7 +21,7 @@ from models.drsta import Embedder
 from models.sampling import restricted_random_sample
 from pipeline.transport.messages import Tracklet, TrackletEmbedding
 from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
-from pipeline.transport.wire import decode_tracklet, encode_embedding
+from pipeline.transport.wire import Envelope, decode_tracklet, encode_embedding
 
 
 def part_visibility(temporal: np.ndarray) -> np.ndarray:
@@ -141,12 +141,12 @@ def run_reid_worker(
     return done
 
 
-def _decode_embeddable(payload: bytes) -> tuple[Tracklet, str]:
+def _decode_embeddable(payload: bytes) -> Envelope[Tracklet]:
     """``decode_tracklet``, also refusing a tracklet without crops: the encoder would fail its whole batch."""
-    t, session = decode_tracklet(payload)
-    if len(t) == 0:
-        raise ValueError(f"tracklet {t.key} has no crops to embed")
-    return t, session
+    envelope = decode_tracklet(payload)
+    if len(envelope.message) == 0:
+        raise ValueError(f"tracklet {envelope.message.key} has no crops to embed")
+    return envelope
 
 
 def _handle(
@@ -155,8 +155,8 @@ def _handle(
     decoded = decode_or_dead_letter(queue, stream_in, group, batch, _decode_embeddable)
     if not decoded:
         return 0
-    embeddings = encoder.encode([t for _, (t, _) in decoded])
-    for (_, (_, session)), e in zip(decoded, embeddings, strict=True):
-        queue.publish(stream_out, encode_embedding(e, session=session))
+    embeddings = encoder.encode([envelope.message for _, envelope in decoded])
+    for (_, envelope), e in zip(decoded, embeddings, strict=True):
+        queue.publish(stream_out, encode_embedding(e, session=envelope.session))
     queue.ack(stream_in, group, [m.id for m, _ in decoded])  # only after the results are published
     return len(decoded)

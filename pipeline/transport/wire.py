@@ -7,7 +7,8 @@ Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding" | "
   the field (see ``_TRACKLET_ARRAYS`` / ``_EMBEDDING_ARRAYS``), so the reader checks the byte count;
 - ``Tracklet.crops`` is ``{"shape": [T, H, W, 3], "jpeg": [<JPEG bytes>, ...]}``, one baseline JPEG per crop
   (lossy: decoded pixels are close to, not equal to, the originals);
-- ``session`` is the producing camera worker's run key, carried beside the message;
+- ``session`` is the producing camera worker's run key, carried beside the message (decoders return both in
+  an :class:`Envelope`);
 - ``order`` (optional on tracklets and embeddings) is ``{"seq": int, "watermark": float, "published_at":
   float}`` (:class:`pipeline.transport.messages.Order`; a watermark of ``-inf`` is allowed);
 - a ``progress`` message is a camera's :class:`pipeline.transport.messages.Progress` marker (``camera_id``,
@@ -23,7 +24,8 @@ undecodable or mis-sized JPEGs, non-finite embeddings, and whatever the message 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import cv2
 import msgpack
@@ -33,6 +35,7 @@ from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbed
 
 __all__ = [
     "WIRE_VERSION",
+    "Envelope",
     "WireError",
     "encode_tracklet",
     "decode_tracklet",
@@ -65,6 +68,17 @@ _MAX_CROP_SIDE = 4096
 
 class WireError(ValueError):
     """A message could not be decoded; ``str(err)`` is a short reason fit for the dead-letter stream."""
+
+
+M = TypeVar("M", covariant=True)
+
+
+@dataclass(frozen=True)
+class Envelope(Generic[M]):
+    """A decoded message and the ``session`` (the producing camera worker's run key) carried beside it."""
+
+    message: M
+    session: str
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -303,8 +317,8 @@ def _span_fields(msg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decode_tracklet(data: bytes) -> tuple[Tracklet, str]:
-    """Inverse of :func:`encode_tracklet`: ``(tracklet, session)``; raise :class:`WireError` if malformed."""
+def decode_tracklet(data: bytes) -> Envelope[Tracklet]:
+    """Inverse of :func:`encode_tracklet`: the tracklet and its session; raise :class:`WireError` if malformed."""
     msg = _unpack(data, "tracklet")
     session = _str(msg, "session", nonempty=True)
     fields = _span_fields(msg)
@@ -312,18 +326,20 @@ def decode_tracklet(data: bytes) -> tuple[Tracklet, str]:
     crops = _crops(msg, arrays["frame_indices"].shape[0])
     order = _order(msg)
     try:
-        return Tracklet(**fields, **arrays, crops=crops, order=order), session
+        tracklet = Tracklet(**fields, **arrays, crops=crops, order=order)
     except ValueError as err:
         raise WireError(f"invalid tracklet: {str(err)[:160]}") from None
+    return Envelope(tracklet, session)
 
 
-def decode_embedding(data: bytes) -> tuple[TrackletEmbedding, str]:
-    """Inverse of :func:`encode_embedding`: ``(embedding, session)``; raise :class:`WireError` if malformed."""
+def decode_embedding(data: bytes) -> Envelope[TrackletEmbedding]:
+    """Inverse of :func:`encode_embedding`: the embedding and its session; raise :class:`WireError` if malformed."""
     return _embedding(_unpack(data, "embedding"))
 
 
-def decode_matcher_input(data: bytes) -> tuple[TrackletEmbedding | Progress, str]:
-    """What the matcher reads from the embedding stream: an embedding or a camera's progress marker."""
+def decode_matcher_input(data: bytes) -> Envelope[TrackletEmbedding | Progress]:
+    """What the matcher reads from the embedding stream: an embedding or a camera's progress marker, with its
+    session; raise :class:`WireError` if malformed."""
     msg = _unpack(data, ("embedding", "progress"))
     if msg["type"] == "embedding":
         return _embedding(msg)
@@ -343,10 +359,10 @@ def decode_matcher_input(data: bytes) -> tuple[TrackletEmbedding | Progress, str
         if isinstance(err, WireError):
             raise
         raise WireError(f"invalid progress marker: {str(err)[:160]}") from None
-    return p, session
+    return Envelope(p, session)
 
 
-def _embedding(msg: dict[str, Any]) -> tuple[TrackletEmbedding, str]:
+def _embedding(msg: dict[str, Any]) -> Envelope[TrackletEmbedding]:
     session = _str(msg, "session", nonempty=True)
     fields = _span_fields(msg)
     model = _str(msg, "model", nonempty=True)
@@ -356,6 +372,7 @@ def _embedding(msg: dict[str, Any]) -> tuple[TrackletEmbedding, str]:
             raise WireError(f"{name}: contains NaN or infinite values")
     order = _order(msg)
     try:
-        return TrackletEmbedding(**fields, **arrays, model=model, order=order), session
+        embedding = TrackletEmbedding(**fields, **arrays, model=model, order=order)
     except ValueError as err:
         raise WireError(f"invalid embedding: {str(err)[:160]}") from None
+    return Envelope(embedding, session)
