@@ -95,7 +95,7 @@ def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
 
 
 def build_topology(cfg: PipelineConfig):
-    from pipeline.matching.matcher import Topology
+    from pipeline.matching.topology import Topology
 
     links = {tuple(link.cameras): (link.min_transit_s, link.max_transit_s) for link in cfg.topology.links}
     return Topology(links, [tuple(p) for p in cfg.topology.overlaps])
