@@ -146,12 +146,14 @@ class Queue(Protocol):
 
 
 def check_name(what: str, value: object) -> str:
+    """``value`` if it is a non-empty str (a stream, group or consumer name), else ValueError naming ``what``."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what}: expected a non-empty str, got {value!r}")
     return value
 
 
 def check_positive(what: str, value: object, *, allow_zero: bool = False) -> int:
+    """``value`` if it is an int >= 1 (>= 0 with ``allow_zero``; a bool is no int here), else ValueError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
         bound = ">= 0" if allow_zero else ">= 1"
         raise ValueError(f"{what}: expected an int {bound}, got {value!r}")
@@ -168,14 +170,17 @@ def parse_id(value: object) -> tuple[int, int]:
 
 
 def format_id(i: tuple[int, int]) -> str:
+    """(ms, seq) -> ``"<ms>-<seq>"``, the inverse of :func:`parse_id`."""
     return f"{i[0]}-{i[1]}"
 
 
 def clip_reason(reason: object) -> str:
+    """A dead-letter reason as text, cut to 500 characters so a huge error cannot bloat the stream."""
     return str(reason)[:_REASON_MAX_CHARS]
 
 
 def check_payload(payload: object) -> bytes:
+    """``payload`` if it is ``bytes``, else ValueError naming its type."""
     if not isinstance(payload, bytes):
         raise ValueError(f"payload: expected bytes, got {type(payload).__name__}")
     return payload
