@@ -19,7 +19,7 @@ def redis_unreachable() -> str | None:
     """None when the test Redis answers a PING, else the reason (for pytest.skip)."""
     import redis
 
-    from pipeline.transport.queues import redact_url
+    from common.redact import redact_url
 
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
     try:

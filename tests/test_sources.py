@@ -426,9 +426,34 @@ def _webcam_99(tmp: Path) -> str:
     return "99"
 
 
+def _dir_with_a_suffix(
+    tmp: Path,
+) -> str:  # the suffix says video file (source_kind); a trailing '/' says folder
+    return str(_tiny_source("images", tmp).rename(tmp / "tiny.d"))
+
+
+def _file_without_a_suffix(tmp: Path) -> str:  # no suffix says image folder
+    return str(_tiny_source("avi", tmp).rename(tmp / "tiny"))
+
+
+def _unsupported_scheme(tmp: Path) -> str:
+    return "ftp://127.0.0.1/video.mp4"
+
+
 @pytest.mark.parametrize(
     "make",
-    [_missing, _zero_byte, _text_as_mp4, _video_without_frames, _empty_dir, _dir_without_images, _webcam_99],
+    [
+        _missing,
+        _zero_byte,
+        _text_as_mp4,
+        _video_without_frames,
+        _empty_dir,
+        _dir_without_images,
+        _webcam_99,
+        _dir_with_a_suffix,
+        _file_without_a_suffix,
+        _unsupported_scheme,
+    ],
     ids=lambda f: f.__name__,
 )
 @pytest.mark.parametrize("loop", [False, True])  # a source without frames errors out, never loops on nothing
@@ -634,3 +659,9 @@ def test_open_source_dispatch(source, kind, loop):
     source = source.format(port=_free_port()) if "://" in source else str(shared_path(source))
     with open_source("cam-d", source, max_frames=1, loop=loop) as src:
         assert type(src) is kind and src.camera_id == "cam-d"
+
+
+def test_open_source_reads_a_folder_named_with_a_suffix_when_it_ends_in_a_separator(tmp_path):
+    folder = _tiny_source("images", tmp_path).rename(tmp_path / "tiny.d")
+    with open_source("cam-d", f"{folder}{os.sep}") as src:
+        assert type(src) is ImageFolderSource and len(list(src)) == LOOP_PASS
