@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["redact_text", "redact_url", "url_secrets"]
 
@@ -62,9 +62,12 @@ def url_secrets(url: str) -> list[str]:
         found.append(password if colon else user)
     try:
         query = urlsplit(url).query
-        found += [v for k, v in parse_qsl(query, keep_blank_values=True) if _SECRET_KEY_ONLY.fullmatch(k)]
     except ValueError:
-        pass
+        query = url.partition("?")[2]
+    for pair in re.split(r"[&;]", query):
+        key, eq, value = pair.partition("=")
+        if eq and _SECRET_KEY_ONLY.fullmatch(unquote(key)):
+            found.append(value.partition("#")[0])
     return sorted({s for p in found for s in (p, unquote(p)) if s}, key=len, reverse=True)
 
 

@@ -60,6 +60,7 @@ def test_redact_url_returns_a_non_string_as_it_is() -> None:
         ("rtsp://u:pw@h/s?token=t0ken&x=1", ["t0ken", "pw"]),
         ("redis://h/0?password=secretpw&db=1", ["secretpw"]),
         ("rtsp://h/s?token=", []),  # an empty value is no secret
+        ("redis://h/0?password=a%2Bb", ["a%2Bb", "a+b"]),  # query values too, as written and decoded
     ],
 )
 def test_url_secrets(url: str, expected: list[str]) -> None:
