@@ -10,13 +10,14 @@ Public API
 - :class:`Section` is the base of every schema section: it normalises and type-checks its fields on
   construction (so a section built in code is checked like one loaded from YAML) and runs its ``_check``.
   Plain (non-``Section``) dataclasses may appear inside a schema too; a ``ValueError`` from their
-  ``__post_init__`` becomes a :class:`ConfigError` naming their key.
+  ``__post_init__`` becomes a :class:`ConfigError` naming their key, and the field's key when the message
+  starts with ``<field>: `` (as :class:`models.drsta.DRSTAConfig`'s do).
 - :func:`load_yaml` reads a YAML file into a root section class, applying ``--set key=value`` overrides.
 - :func:`from_mapping` validates an already-parsed mapping (what ``yaml.safe_load`` returns).
 - :func:`with_overrides` applies overrides to an existing config and returns a new one.
 - :func:`to_plain` turns a config into plain data; with ``for_log=True`` secrets are redacted.
-- :func:`need`, :func:`check_min`, :func:`check_between`, :func:`check_choice` are the range checks a
-  section's ``_check`` uses; each raises a :class:`ConfigError` whose key is the field name.
+- :func:`need`, :func:`check_min`, :func:`check_between`, :func:`check_choice`, :func:`check_device` are
+  the checks a section's ``_check`` uses; each raises a :class:`ConfigError` whose key is the field name.
 - :class:`ConfigError` (a ``ValueError``) is the only exception bad input raises. Its message is one line:
   ``<file>: <dotted.key>: <what is wrong>``, e.g. ``cams.yaml: detector.conf: expected a number, got 'high'``.
   Errors caused by an override say so: ``cams.yaml (--set): detector.conf: ...``.
@@ -61,6 +62,7 @@ __all__ = [
     "Section",
     "check_between",
     "check_choice",
+    "check_device",
     "check_min",
     "from_mapping",
     "load_yaml",
@@ -74,6 +76,7 @@ C = TypeVar("C")
 
 WORD = re.compile(r"[A-Za-z0-9_-]+")
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?")
 _LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _ENV_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)\}|(\{))")
 _MAX_DATA_DEPTH = 32
@@ -157,6 +160,13 @@ def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
     for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
         key = f"{name}[{i}]" if isinstance(value, tuple) else name
         need(v in choices, key, f"expected one of {', '.join(choices)}, got {show(v)}")
+
+
+def check_device(obj: Any, name: str) -> None:
+    """Field ``name`` of ``obj`` must name a torch device: ``auto`` (CUDA when present), ``cpu``, ``cuda``,
+    ``cuda:N``."""
+    value = getattr(obj, name)
+    need(bool(_DEVICE.fullmatch(value)), name, f"expected auto, cpu, cuda or cuda:N, got {show(value)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -334,6 +344,9 @@ def _build_section(cls: type, value: Any, key: str, ctx: _Ctx) -> Any:
     except ConfigError as err:
         raise ConfigError(err.detail, key=_join(key, err.key)) from None
     except ValueError as err:  # a plain dataclass's own __post_init__ rule (e.g. models.drsta.DRSTAConfig)
+        name, sep, detail = str(err).partition(": ")
+        if sep and name in names:
+            raise ConfigError(detail, key=_join(key, name)) from None
         raise ConfigError(str(err), key=key) from None
 
 

@@ -30,6 +30,7 @@ from pipeline.config.loader import (
     ConfigError,
     Section,
     check_between,
+    check_device,
     check_min,
     need,
     show,
@@ -52,18 +53,12 @@ __all__ = [
     "TrackletConfig",
 ]
 
-_DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]+)?")
 _GROUP = re.compile(r"[A-Za-z0-9_.:-]+")
 
 # The team's offline INT8 OpenVINO export of YOLO11n in ../shared next to the repository. A user without
 # ../shared gets it from its public source through models.samples.resolve_sample (sha256-checked, cached).
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DETECTOR_WEIGHTS = str(_REPO_ROOT.parent / "shared/assets/detectors/yolo11n_int8_openvino_model")
-
-
-def _check_device(obj: Any, name: str) -> None:
-    value = getattr(obj, name)
-    need(bool(_DEVICE.fullmatch(value)), name, f"expected auto, cpu, cuda or cuda:N, got {show(value)}")
 
 
 def _check_group(obj: Any, name: str) -> None:
@@ -177,7 +172,7 @@ class DetectorConfig(Section):
         )
         check_between(self, "conf", 0, 1)
         check_between(self, "iou", 0, 1, open_low=True)  # NMS with IoU 0 would keep one box per image
-        _check_device(self, "device")
+        check_device(self, "device")
         check_min(self, "batch", 1)
         need(len(self.classes) > 0, "classes", "needs at least one class index")
         for i, c in enumerate(self.classes):
@@ -301,7 +296,7 @@ class ReIDConfig(Section):
             need(
                 value is None or bool(value.strip()), name, "must not be empty (leave it out for the default)"
             )
-        _check_device(self, "device")
+        check_device(self, "device")
         check_min(self, "batch_size", 1)
         check_min(self, "max_wait_ms", 0)
         check_min(self, "reclaim_idle_ms", 1)
