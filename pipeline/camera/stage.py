@@ -1,6 +1,7 @@
 """Building the stages from a validated config. ``run_pipeline.py`` (the composition root) calls these.
 
-Every component takes plain keyword arguments; only this module reads the config sections.
+Every component takes required keyword arguments; this module hands them the config sections (through their
+``from_config``), so the components never see the whole config and hold no defaults of their own.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The ``cams.yaml`` schema: one tree of frozen dataclass sections, every default and every rule written once.
 
 Loading, overrides and error messages are :mod:`pipeline.config.loader`'s; this module only says what the
-keys are, their defaults and their rules. Components (detector, tracklet builder, re-ID worker, matcher,
-sources, queues) take required keyword arguments and are given these values by the composition root, so a bad
-value is a one-line :class:`~pipeline.config.loader.ConfigError` naming its key, never a crash in a component.
+keys are, their defaults and their rules. Components take required keyword arguments (the detector, the
+tracklet builder and the re-ID encoder have a ``from_config`` beside them) and are given these values by the
+composition root, so a bad value is a one-line :class:`~pipeline.config.loader.ConfigError` naming its key,
+never a crash in a component.
 
 Path conventions: relative paths in ``cameras[].source``, ``reid.checkpoint`` and ``reid.backbone_weights``
 are resolved relative to the directory of the YAML file; so is ``detector.weights`` when it contains a ``/``.
