@@ -725,6 +725,9 @@ def test_override_paths_resolve_against_the_working_directory(
     cfg = load_config(_write(folder, BASE), ["cameras.cam2.source=clips/c.mp4"])
     assert cfg.cameras[0].source == str(folder / "videos" / "a.mp4")
     assert cfg.cameras[1].source == str(work / "clips" / "c.mp4")
+    # a whole list given with --set is an override too: its paths resolve against the working directory
+    cfg = load_config(_write(folder, BASE), ["cameras=[{id: x, source: clips/x.mp4}, {id: y, source: 0}]"])
+    assert [(c.id, c.source) for c in cfg.cameras] == [("x", str(work / "clips" / "x.mp4")), ("y", "0")]
 
 
 @pytest.mark.parametrize(
