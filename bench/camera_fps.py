@@ -28,6 +28,7 @@ from pipeline.camera.detector import PersonDetector  # noqa: E402
 from pipeline.camera.loop import Camera, CameraGroup  # noqa: E402
 from pipeline.camera.sources import open_source  # noqa: E402
 from pipeline.camera.tracklets import TrackletBuilder  # noqa: E402
+from pipeline.config import DetectorConfig, TrackletConfig  # noqa: E402
 from trackers import build_tracker  # noqa: E402
 
 SHARED = Path(os.environ.get("REID_SHARED", ROOT.parent / "shared"))
@@ -52,13 +53,13 @@ class PeakRSS(threading.Thread):
 
 
 def run_ours(video: Path, weights: Path, frames: int, conf: float) -> tuple[float, int, float]:
-    detector = PersonDetector(weights, conf=conf, batch=1)
+    detector = PersonDetector.from_config(DetectorConfig(weights=str(weights), conf=conf, batch=1))
     source = open_source("bench", str(video), max_frames=frames)
     cam = Camera(
         "bench",
         source,
         build_tracker("bytetrack", frame_rate=int(source.fps or 10)),
-        TrackletBuilder("bench"),
+        TrackletBuilder.from_config("bench", TrackletConfig(), roi=None),
     )
     n_tracklets = 0
 

@@ -22,151 +22,165 @@ import csv
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from models.backbones import build_backbone, preprocess_crops
 from models.checkpoint import read_checkpoint, resolve_device, save_checkpoint
-from models.datasets import PKSampler, TrackletDataset, TrackletRecord, get_reader, read_image_bgr, split_ids
+from models.datasets import (
+    DATASETS,
+    PKSampler,
+    TrackletDataset,
+    TrackletRecord,
+    get_reader,
+    read_image_bgr,
+    split_ids,
+)
 from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
-from models.losses import REGULARIZERS, build_id_loss, diversity_penalty
+from models.losses import LOSSES, REGULARIZERS, build_id_loss, diversity_penalty
 from models.metrics import ReIDMetrics, evaluate_rank
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 from models.weights import sha256_file
+from pipeline.config.loader import (
+    ConfigError,
+    Section,
+    check_between,
+    check_choice,
+    check_device,
+    check_min,
+    from_mapping,
+    load_yaml,
+    need,
+    show,
+    to_plain,
+)
 
 PARTS = ("backbone", "spatial", "enhance", "temporal", "fc")
 
 
-@dataclass(frozen=True)
-class StageConfig:
+@dataclass(frozen=True, kw_only=True, repr=False)
+class StageConfig(Section):
+    """One training stage: ``epochs`` of SGD at ``lr`` (times ``lr_gamma`` from epoch ``lr_step`` of the
+    stage on, ``None``: never), training the parts named in ``train`` (of :data:`PARTS`); the others are
+    frozen."""
+
     name: str
     epochs: int
     lr: float = 0.1
-    lr_step: int | None = None  # epoch (within the stage) at which lr drops to lr * lr_gamma
+    lr_step: int | None = None
     lr_gamma: float = 0.1
     train: tuple[str, ...] = ("spatial", "enhance", "temporal", "fc")
 
+    def _check(self) -> None:
+        need(bool(self.name.strip()), "name", "must not be empty")
+        check_min(self, "epochs", 1)
+        check_min(self, "lr", 0, strict=True)
+        check_min(self, "lr_step", 1)
+        check_min(self, "lr_gamma", 0, strict=True)
+        need(len(self.train) > 0, "train", f"needs at least one part of {', '.join(PARTS)}")
+        for i, part in enumerate(self.train):
+            need(part in PARTS, f"train[{i}]", f"unknown part {show(part)} (valid: {', '.join(PARTS)})")
 
-@dataclass(frozen=True)
-class DataConfig:
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class DataConfig(Section):
+    """The training data: a reader of ``models.datasets.DATASETS`` and its ``root`` (relative to the working
+    directory). Folder layout: ``val_fraction`` of the identities (drawn with ``split_seed``) are held out
+    for validation; ``ids`` restricts training to these identity folders. PRID2011 / iLIDS-VID: ``split`` is
+    which of the 10 random splits."""
+
     dataset: str = "folder"
     root: str = "../shared/data/pku-reid"
-    val_fraction: float = 0.2  # folder layout: identities held out for validation
+    val_fraction: float = 0.2
     split_seed: int = 0
-    split: int = 0  # PRID2011 / iLIDS-VID: which of the 10 random splits
-    ids: tuple[str, ...] | None = None  # folder layout: restrict to these identity folders
+    split: int = 0
+    ids: tuple[str, ...] | None = None
+
+    def _check(self) -> None:
+        check_choice(self, "dataset", tuple(DATASETS))
+        need(bool(self.root.strip()), "root", "must not be empty")
+        need(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {show(self.val_fraction)}")
+        check_between(self, "split", 0, 9)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True, repr=False)
+class TrainConfig(Section):
+    """A training run (``configs/drsta_*.yaml``), loaded by the same loader as ``cams.yaml``: unknown keys and
+    wrong types are one-line errors naming the file and the key; ``--set key=value`` overrides win.
+
+    ``model`` shapes the network (:class:`models.drsta.DRSTAConfig`); ``backbone_weights`` initialises its
+    backbone. ``loss`` is ``oim`` (with ``oim_momentum``, ``oim_temperature`` and an ``oim_queue`` of unlabeled
+    tracklets) or ``softmax``; ``regularizer`` is ``hellinger`` (Q, Eq. 9), ``sparse`` (Q', Eq. 10) or
+    ``none``, weighted by ``reg_weight``. Batches hold ``batch_p`` identities x ``batch_k`` tracklets.
+    ``cache_features`` computes backbone features once when no stage trains the backbone. Validation every
+    ``eval_every`` epochs; everything is written to ``out_dir``. Paths are relative to the working directory.
+    """
+
     model: DRSTAConfig = field(default_factory=DRSTAConfig)
     backbone_weights: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     stages: tuple[StageConfig, ...] = (
-        StageConfig("attention", epochs=20, lr=0.1, lr_step=15, train=("spatial", "fc")),
-        StageConfig("joint", epochs=20, lr=0.1, lr_step=15, train=("spatial", "enhance", "temporal", "fc")),
+        StageConfig(name="attention", epochs=20, lr=0.1, lr_step=15, train=("spatial", "fc")),
+        StageConfig(
+            name="joint", epochs=20, lr=0.1, lr_step=15, train=("spatial", "enhance", "temporal", "fc")
+        ),
     )
-    loss: str = "oim"  # "oim" or "softmax"
+    loss: str = "oim"
     oim_momentum: float = 0.5
     oim_temperature: float = 0.1
     oim_queue: int = 0
-    regularizer: str = "hellinger"  # "hellinger" (Q, Eq. 9), "sparse" (Q', Eq. 10) or "none"
+    regularizer: str = "hellinger"
     reg_weight: float = 0.1
-    batch_p: int = 8  # identities per batch
-    batch_k: int = 2  # tracklets per identity
+    batch_p: int = 8
+    batch_k: int = 2
     momentum: float = 0.9
     weight_decay: float = 5e-4
     flip: bool = True
-    cache_features: bool = True  # only used when no stage trains the backbone
+    cache_features: bool = True
     seed: int = 0
     device: str = "auto"
     out_dir: str = "runs/drsta"
     eval_every: int = 5
 
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-class TrainConfigError(ValueError):
-    pass
-
-
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise TrainConfigError(f"{where}.{unknown[0]}: unknown key (valid: {', '.join(known)})")
-    kwargs = {}
-    for name, value in data.items():
-        if cls is TrainConfig and name == "model":
-            kwargs[name] = _build(DRSTAConfig, value, f"{where}.model")
-        elif cls is TrainConfig and name == "data":
-            kwargs[name] = _build(DataConfig, value, f"{where}.data")
-        elif cls is TrainConfig and name == "stages":
-            if not isinstance(value, list) or not value:
-                raise TrainConfigError(f"{where}.stages: expected a non-empty list of stages")
-            kwargs[name] = tuple(_build(StageConfig, s, f"{where}.stages[{i}]") for i, s in enumerate(value))
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise TrainConfigError(f"{where}: {exc}") from None
+    def _check(self) -> None:
+        need(len(self.stages) > 0, "stages", "needs at least one stage")
+        check_choice(self, "loss", tuple(LOSSES))
+        check_choice(self, "regularizer", REGULARIZERS)
+        check_between(self, "oim_momentum", 0, 1)
+        check_min(self, "oim_temperature", 0, strict=True)
+        check_min(self, "oim_queue", 0)
+        check_min(self, "reg_weight", 0)
+        check_min(self, "batch_p", 1)
+        check_min(self, "batch_k", 1)
+        check_between(self, "momentum", 0, 1)
+        check_min(self, "weight_decay", 0)
+        check_device(self, "device")
+        need(bool(self.out_dir.strip()), "out_dir", "must not be empty")
+        check_min(self, "eval_every", 1)
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """YAML file (optional) < ``key=value`` overrides with dotted keys (``model.num_parts=4``)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise TrainConfigError(f"{p}: config file not found")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise TrainConfigError(f"{p}: expected a mapping at the top level")
-    for item in overrides:
-        if "=" not in item:
-            raise TrainConfigError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        node: Any = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]  # stages.1.lr: the second stage
-            elif isinstance(node, dict):
-                node = node.setdefault(part, {})
-            else:
-                raise TrainConfigError(f"--set {key}: {part!r} is not a section or a list index")
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = yaml.safe_load(value)
-        elif isinstance(node, dict):
-            node[last] = yaml.safe_load(value)
-        else:
-            raise TrainConfigError(f"--set {key}: {last!r} is not a key or a list index")
-    cfg = _build(TrainConfig, raw, str(path) if path else "config")
-    if cfg.regularizer not in REGULARIZERS:
-        raise TrainConfigError(f"regularizer: expected one of {REGULARIZERS}, got {cfg.regularizer!r}")
-    for i, st in enumerate(cfg.stages):
-        bad = sorted(set(st.train) - set(PARTS))
-        if bad:
-            raise TrainConfigError(f"stages[{i}].train: unknown part {bad[0]!r} (valid: {', '.join(PARTS)})")
-    return cfg
+TrainConfigError = ConfigError  # the name this module's callers know; every config error is a ConfigError
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The YAML file (optional: ``None`` starts from the defaults) < ``key=value`` overrides with dotted keys
+    (``model.num_parts=4``, ``stages.1.lr=0.01``, ``stages=[...]``). Raises :class:`ConfigError` (one line,
+    naming the file and the key) for any bad input."""
+    if path is None:
+        return from_mapping(TrainConfig, {}, overrides, source="training config")
+    return load_yaml(TrainConfig, path, overrides)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg), default=list))
+    """Plain JSON-able data of ``cfg`` (stored in checkpoints and ``final.json``)."""
+    return to_plain(cfg, for_log=False)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -473,4 +487,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["TrainConfig", "StageConfig", "DataConfig", "load_train_config", "train"]
+__all__ = ["DataConfig", "StageConfig", "TrainConfig", "TrainConfigError", "load_train_config", "train"]

@@ -15,13 +15,20 @@ from pipeline.camera.loop import Camera, CameraGroup
 from pipeline.camera.mot_io import read_mot
 from pipeline.camera.sources import open_source
 from pipeline.camera.tracklets import TrackletBuilder
+from pipeline.config import DetectorConfig, TrackletConfig
 from tests.conftest import REPO, shared_path
 from trackers import build_tracker
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return PersonDetector(shared_path("assets/detectors/yolo11n_int8_openvino_model"), conf=0.3)
+    weights = str(shared_path("assets/detectors/yolo11n_int8_openvino_model"))
+    return PersonDetector.from_config(DetectorConfig(weights=weights, conf=0.3))
+
+
+def builder(camera_id: str, **settings) -> TrackletBuilder:
+    """A tracklet builder with the schema's defaults but ``settings``."""
+    return TrackletBuilder.from_config(camera_id, TrackletConfig(**settings), roi=None)
 
 
 def run_cli(*args, timeout=600):
@@ -89,8 +96,8 @@ def test_a_dead_live_camera_never_stalls_the_others(detector):
     good = open_source("plaza", str(vtest), max_frames=30)
     dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
     cams = [
-        Camera("plaza", good, build_tracker("bytetrack"), TrackletBuilder("plaza")),
-        Camera("door", dead, build_tracker("bytetrack"), TrackletBuilder("door")),
+        Camera("plaza", good, build_tracker("bytetrack"), builder("plaza")),
+        Camera("door", dead, build_tracker("bytetrack"), builder("door")),
     ]
     group = CameraGroup(cams, detector.detect, batch=2)
     done = threading.Event()
@@ -120,10 +127,8 @@ def test_tracklets_are_numbered_and_watermarks_bound_what_follows(detector):
     good = open_source("plaza", str(vtest), max_frames=240)
     dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
     cams = [
-        Camera(
-            "plaza", good, build_tracker("bytetrack"), TrackletBuilder("plaza", max_gap=10, max_length=60)
-        ),
-        Camera("door", dead, build_tracker("bytetrack"), TrackletBuilder("door")),
+        Camera("plaza", good, build_tracker("bytetrack"), builder("plaza", max_gap=10, max_length=60)),
+        Camera("door", dead, build_tracker("bytetrack"), builder("door")),
     ]
     tracklets, markers = [], []
     group = CameraGroup(
@@ -209,7 +214,7 @@ def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
             "plaza",
             open_source("plaza", str(vtest), max_frames=10),
             build_tracker("bytetrack"),
-            TrackletBuilder("plaza"),
+            builder("plaza"),
         ),
         Camera(
             "door",
@@ -217,7 +222,7 @@ def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
                 "door", "http://user:pw123@127.0.0.1:9/s.ts", read_timeout_s=0.5, reconnect_initial_s=0.2
             ),
             build_tracker("bytetrack"),
-            TrackletBuilder("door"),
+            builder("door"),
         ),
     ]
     group = CameraGroup(cams, detector.detect, batch=2)

@@ -15,15 +15,21 @@ import numpy as np
 import pytest
 
 from pipeline.camera.detector import DetectorError, PersonDetector
+from pipeline.config import ConfigError, DetectorConfig
 from pipeline.transport.messages import Detections
 from tests.conftest import shared_path
 
 OPENVINO_WEIGHTS = "assets/detectors/yolo11n_int8_openvino_model"
 
 
+def make_detector(weights, **settings) -> PersonDetector:
+    """A CPU detector with the schema's defaults but ``settings`` (validated by :class:`DetectorConfig`)."""
+    return PersonDetector.from_config(DetectorConfig(weights=str(weights), **{"device": "cpu", **settings}))
+
+
 @pytest.fixture(scope="module")
 def detector() -> PersonDetector:
-    return PersonDetector(shared_path(OPENVINO_WEIGHTS), device="cpu")
+    return make_detector(shared_path(OPENVINO_WEIGHTS))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,7 @@ def test_pytorch_weights_route_batches_dynamically(tmp_path):
 
     weights = tmp_path / "yolo11n_untrained.pt"
     YOLO("yolo11n.yaml", task="detect").save(weights)  # architecture from the package, random weights
-    detector = PersonDetector(weights, device="cpu", batch=2)
+    detector = make_detector(weights, batch=2)
     assert detector.format == "pt" and detector.max_batch == 2
     images = [np.full((288, 384, 3), v, np.uint8) for v in (0, 128, 255)]
     out = detector.detect(images)
@@ -121,7 +127,7 @@ def test_onnx_export_route_runs(tmp_path, monkeypatch):
     onnx_path = YOLO("yolo11n.yaml", task="detect").export(
         format="onnx", imgsz=320, dynamic=True, simplify=False
     )
-    detector = PersonDetector(onnx_path, imgsz=320, device="cpu", batch=2)
+    detector = make_detector(onnx_path, imgsz=320, batch=2)
     assert detector.format == "onnx"
     out = detector.detect([np.full((240, 320, 3), v, np.uint8) for v in (0, 200)])
     assert len(out) == 2 and all(isinstance(d, Detections) for d in out)
@@ -142,7 +148,7 @@ def test_missing_weights_fail_fast_without_network(weights, expected, tmp_path, 
     monkeypatch.chdir(tmp_path)  # so a bare name cannot be satisfied by a stray file
     start = time.monotonic()
     with pytest.raises(DetectorError, match=expected) as err:
-        PersonDetector(weights)
+        make_detector(weights)
     assert time.monotonic() - start < 2.0
     assert "\n" not in str(err.value)
 
@@ -151,7 +157,7 @@ def test_unsupported_format_is_refused(tmp_path):
     weights = tmp_path / "model.tflite"
     weights.write_bytes(b"\0")
     with pytest.raises(DetectorError, match="unsupported"):
-        PersonDetector(weights)
+        make_detector(weights)
 
 
 @pytest.mark.parametrize(
@@ -166,21 +172,46 @@ def test_missing_runtime_package_is_a_clear_error(name, module, tmp_path, monkey
         weights.write_bytes(b"\0")
     monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` fail as if it were not installed
     with pytest.raises(DetectorError, match=f"'{module}' package is not installed"):
-        PersonDetector(weights)
+        make_detector(weights)
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "key, value",
     [
-        {"conf": 1.5},
-        {"conf": -0.1},
-        {"iou": 0.0},
-        {"batch": 0},
-        {"imgsz": 0},
-        {"classes": ()},
-        {"classes": (-1,)},
+        ("conf", 1.5),
+        ("conf", -0.1),
+        ("iou", 0.0),
+        ("batch", 0),
+        ("imgsz", 0),
+        ("classes", ()),
+        ("classes", (-1,)),
     ],
 )
-def test_bad_arguments_are_refused(kwargs, tmp_path):
-    with pytest.raises(DetectorError):
-        PersonDetector(tmp_path / "unused.pt", **kwargs)
+def test_bad_settings_are_one_line_config_errors_naming_the_key(key, value):
+    """The detector's value rules are the schema's: a bad value never reaches the model."""
+    with pytest.raises(ConfigError) as err:
+        DetectorConfig(**{key: value})
+    message = str(err.value)
+    assert message.startswith(f"DetectorConfig: {key}") and "\n" not in message
+
+
+def test_from_config_passes_every_setting(detector):
+    section = DetectorConfig()
+    assert (detector.imgsz, detector.conf, detector.iou, detector.classes) == (
+        section.imgsz,
+        section.conf,
+        section.iou,
+        section.classes,
+    )
+    assert detector.device == "cpu" and detector.format == "openvino"
+
+
+def test_default_config_builds_a_detector_on_an_existing_model():
+    """``detector.weights`` left out: the shared OpenVINO YOLO11n, which loads and detects."""
+    from pipeline.camera.stage import build_detector
+    from pipeline.config import CameraConfig, PipelineConfig
+
+    shared_path(OPENVINO_WEIGHTS)  # skips with the reason when ../shared is absent
+    detector = build_detector(PipelineConfig(cameras=[CameraConfig(id="c", source="a.mp4")]), device="cpu")
+    assert detector.format == "openvino" and detector.weights.name == "yolo11n_int8_openvino_model"
+    assert detector.detect_one(np.zeros((480, 640, 3), np.uint8)).boxes.shape == (0, 4)

@@ -234,8 +234,9 @@ def vtest_detections():
             frames.append(image)
     cap.release()
     from pipeline.camera.detector import PersonDetector
+    from pipeline.config import DetectorConfig
 
-    detector = PersonDetector(weights, device="cpu")
+    detector = PersonDetector.from_config(DetectorConfig(weights=str(weights), device="cpu"))
     return frames, detector.detect(frames)
 
 

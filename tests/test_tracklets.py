@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.camera.tracklets import REJECT_REASONS, TrackletBuilder
+from pipeline.config import ConfigError, TrackletConfig
 from pipeline.transport.messages import Detections, Frame, Tracks
 
 CAM = "cam0"
@@ -13,6 +14,11 @@ H, W = 480, 640
 GOOD = (100.0, 100.0, 160.0, 260.0)  # 60 x 160, well inside the 640 x 480 frame
 IMAGE = np.zeros((H, W, 3), np.uint8)
 EMPTY = (Detections.empty(), Tracks.empty())
+
+
+def make_builder(*, roi=None, **settings) -> TrackletBuilder:
+    """A builder for ``CAM`` with the schema's defaults but ``settings`` (``tracklets:`` keys, validated)."""
+    return TrackletBuilder.from_config(CAM, TrackletConfig(**settings), roi=roi)
 
 
 def frame(i: int, image: np.ndarray = IMAGE) -> Frame:
@@ -56,7 +62,7 @@ def run_from(builder: TrackletBuilder, start: int, stop: int):
 
 @pytest.mark.parametrize("n_frames", [0, 1, 50])
 def test_frames_without_tracks_give_nothing(n_frames):
-    b = TrackletBuilder(CAM)
+    b = make_builder()
     assert run(b, {}, n_frames) == []
     assert b.flush() == []
     assert b.stats["opened"] == 0 and b.stats["closed"] == 0 and b.buffered_crops == 0
@@ -64,7 +70,7 @@ def test_frames_without_tracks_give_nothing(n_frames):
 
 @pytest.mark.parametrize("max_gap", [0, 3, 30])
 def test_closes_only_after_more_than_max_gap_missing_frames(max_gap):
-    b = TrackletBuilder(CAM, max_gap=max_gap)
+    b = make_builder(max_gap=max_gap)
     frames = {i: present(5) for i in range(10)}
     closed = run(b, frames, 9 + max_gap + 1)
     assert closed == []
@@ -79,7 +85,7 @@ def test_closes_only_after_more_than_max_gap_missing_frames(max_gap):
 
 @pytest.mark.parametrize("max_gap", [0, 3, 30])
 def test_reappearing_within_max_gap_continues_the_same_piece(max_gap):
-    b = TrackletBuilder(CAM, max_gap=max_gap)
+    b = make_builder(max_gap=max_gap)
     back = 10 + max_gap  # exactly max_gap frames missing (10 .. 9 + max_gap)
     frames = {i: present(5) for i in [*range(10), back]}
     assert run(b, frames, back + 1) == []
@@ -89,7 +95,7 @@ def test_reappearing_within_max_gap_continues_the_same_piece(max_gap):
 
 
 def test_frame_jump_beyond_max_gap_closes_and_reopens_as_next_chunk():
-    b = TrackletBuilder(CAM, max_gap=5)
+    b = make_builder(max_gap=5)
     for i in range(6):
         assert b.update(frame(i), *present(1)) == []
     (old,) = b.update(frame(12), *present(1))  # frames 6..11 missing: 6 > max_gap
@@ -111,7 +117,7 @@ def test_frame_jump_beyond_max_gap_closes_and_reopens_as_next_chunk():
     ],
 )
 def test_max_length_chunks_are_consecutive_and_continuous(max_length, n_frames, expected):
-    b = TrackletBuilder(CAM, max_length=max_length)
+    b = make_builder(max_length=max_length)
     closed = run(b, {i: present(3) for i in range(n_frames)}, n_frames)
     tracklets = [t for _, ts in closed for t in ts]
     assert [i for i, _ in closed] == [c * max_length + max_length - 1 for c in range(n_frames // max_length)]
@@ -125,7 +131,7 @@ def test_max_length_chunks_are_consecutive_and_continuous(max_length, n_frames, 
 
 
 def test_flush_closes_everything_sorted_by_track_id():
-    b = TrackletBuilder(CAM)
+    b = make_builder()
     run(b, {i: present(7, 3, 5) for i in range(6)}, 6)
     out = b.flush()
     assert [t.track_id for t in out] == [3, 5, 7]
@@ -135,7 +141,7 @@ def test_flush_closes_everything_sorted_by_track_id():
 
 
 def test_simultaneous_gap_closes_come_out_sorted_by_track_id():
-    b = TrackletBuilder(CAM, max_gap=2)
+    b = make_builder(max_gap=2)
     closed = run(b, {i: present(9, 2, 5) for i in range(5)}, 10)
     assert [i for i, _ in closed] == [7]
     assert [t.track_id for t in closed[0][1]] == [2, 5, 9]
@@ -143,7 +149,7 @@ def test_simultaneous_gap_closes_come_out_sorted_by_track_id():
 
 @pytest.mark.parametrize("n_frames, kept", [(1, False), (3, False), (4, True), (10, True)])
 def test_min_length_drops_short_tracklets(n_frames, kept):
-    b = TrackletBuilder(CAM, min_length=4)
+    b = make_builder(min_length=4)
     run(b, {i: present(1) for i in range(n_frames)}, n_frames)
     out = b.flush()
     assert len(out) == int(kept)
@@ -168,7 +174,7 @@ def test_min_length_drops_short_tracklets(n_frames, kept):
 )
 def test_rejected_frames_count_as_seen_but_give_no_crop(reason, box, score, det_index):
     roi = [(0.0, 0.0), (320.0, 0.0), (320.0, 480.0), (0.0, 480.0)]
-    b = TrackletBuilder(CAM, roi=roi, max_gap=0)
+    b = make_builder(roi=roi, max_gap=0)
     for i in range(5):
         b.update(frame(i), *present(1))
     for i in range(5, 10):
@@ -182,7 +188,7 @@ def test_rejected_frames_count_as_seen_but_give_no_crop(reason, box, score, det_
 
 
 def test_track_of_rejected_frames_only_is_dropped():
-    b = TrackletBuilder(CAM)
+    b = make_builder()
     run(b, {i: observe([(1, GOOD, 0.9, -1)]) for i in range(20)}, 20)
     assert b.flush() == []
     assert b.stats["dropped_short"] == 1 and b.stats["crops_rejected"]["unmatched"] == 20
@@ -190,7 +196,7 @@ def test_track_of_rejected_frames_only_is_dropped():
 
 def test_roi_uses_the_feet_point_not_the_box_centre():
     roi = [(0.0, 200.0), (640.0, 200.0), (640.0, 480.0), (0.0, 480.0)]  # lower part of the frame
-    b = TrackletBuilder(CAM, roi=roi)
+    b = make_builder(roi=roi)
     run(b, {i: present(1, box=(100.0, 20.0, 160.0, 260.0)) for i in range(6)}, 6)  # centre y=140, feet y=260
     (t,) = b.flush()
     assert len(t) == 6
@@ -202,7 +208,7 @@ def test_crop_is_the_detected_box_resized_not_the_tracker_box():
     image[300:460, 400:460] = 255  # where the tracker (wrongly) thinks the person is
     dets = Detections(np.array([GOOD], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int64))
     tracks = Tracks(np.array([4]), np.array([[400.0, 300.0, 460.0, 460.0]]), np.array([0.8]), np.array([0]))
-    b = TrackletBuilder(CAM, crop_size=(64, 32))
+    b = make_builder(crop_height=64, crop_width=32)
     for i in range(4):
         b.update(frame(i, image), dets, tracks)
     (t,) = b.flush()
@@ -214,18 +220,21 @@ def test_crop_is_the_detected_box_resized_not_the_tracker_box():
     np.testing.assert_allclose(t.timestamps, [frame(i).timestamp for i in range(4)])
 
 
-def test_default_crop_size_and_clipping_to_the_frame():
-    b = TrackletBuilder(CAM, border_margin=-1000)  # tolerate overhanging boxes: the crop is clipped
-    run(b, {i: present(1, box=(-20.0, -10.0, 60.0, 200.0)) for i in range(4)}, 4)
+def test_default_crop_size_and_boxes_on_the_frame_edge():
+    """With ``border_margin: 0`` a box touching the frame edges is kept; one overhanging them is "cut"."""
+    b = make_builder(border_margin=0)
+    run(b, {i: present(1, box=(0.0, 0.0, 60.0, 200.0)) for i in range(4)}, 4)
     (t,) = b.flush()
     assert t.crops.shape == (4, 256, 128, 3)
     np.testing.assert_array_equal(t.boxes[0], [0.0, 0.0, 60.0, 200.0])
+    b.update(frame(4), *present(2, box=(-20.0, -10.0, 60.0, 200.0)))
+    assert b.stats["crops_rejected"]["border"] == 1
 
 
 @pytest.mark.parametrize("max_crops", [32, 7, 1])
 def test_memory_bound_and_even_spread_over_a_5000_frame_track(max_crops):
     n = 5000
-    b = TrackletBuilder(CAM, max_crops=max_crops, max_length=10 * n, min_length=1)
+    b = make_builder(max_crops=max_crops, max_length=10 * n, min_length=1)
     dets, tracks = present(1)
     peak = 0
     for i in range(n):
@@ -245,7 +254,7 @@ def test_memory_bound_and_even_spread_over_a_5000_frame_track(max_crops):
 
 
 def test_sampling_does_not_alias_with_a_detector_on_every_other_frame():
-    b = TrackletBuilder(CAM, max_crops=16, max_length=10_000)
+    b = make_builder(max_crops=16, max_length=10_000)
     n = 2000
     for i in range(n):
         b.update(frame(i), *observe([(1, GOOD, 0.9, None if i % 2 else -1)]))
@@ -256,7 +265,7 @@ def test_sampling_does_not_alias_with_a_detector_on_every_other_frame():
 
 
 def test_chunk_numbers_keep_counting_when_a_track_id_comes_back():
-    b = TrackletBuilder(CAM, max_length=4, max_gap=1)
+    b = make_builder(max_length=4, max_gap=1)
     frames = {i: present(2) for i in [*range(6), *range(10, 14)]}
     closed = [t for _, ts in run(b, frames, 14) for t in ts] + b.flush()
     assert [(t.chunk, t.first_frame, t.last_frame) for t in closed] == [(0, 0, 3), (2, 10, 13)]
@@ -264,21 +273,32 @@ def test_chunk_numbers_keep_counting_when_a_track_id_comes_back():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "settings, key",
     [
-        {"min_length": 0},
-        {"min_length": 17, "max_crops": 32},
-        {"max_length": 3},
-        {"max_gap": -1},
-        {"max_crops": 0},
-        {"min_box_height": 0},
-        {"crop_size": (0, 128)},
-        {"roi": [(0.0, 0.0), (1.0, 1.0)]},
+        ({"min_length": 0}, "min_length"),
+        ({"min_length": 17, "max_crops": 32}, "min_length"),
+        ({"max_length": 3}, "min_length"),
+        ({"max_gap": -1}, "max_gap"),
+        ({"max_crops": 0}, "max_crops"),
+        ({"min_box_height": 0}, "min_box_height"),
+        ({"min_box_width": 0}, "min_box_width"),
+        ({"crop_height": 0}, "crop_height"),
+        ({"forget_after": -1}, "forget_after"),
     ],
 )
-def test_inconsistent_settings_are_rejected(kwargs):
-    with pytest.raises(ValueError):
-        TrackletBuilder(CAM, **kwargs)
+def test_inconsistent_settings_are_one_line_config_errors(settings, key):
+    """The builder's rules are the schema's: bad settings never reach it."""
+    with pytest.raises(ConfigError) as err:
+        make_builder(**settings)
+    assert str(err.value).startswith(f"TrackletConfig: {key}: ") and "\n" not in str(err.value)
+
+
+def test_largest_min_length_the_schema_allows_is_reached_by_a_decimated_piece():
+    """``min_length = ceil(max_crops / 2)`` (the schema's bound): a long track still gives a tracklet."""
+    b = make_builder(max_crops=5, min_length=3, max_length=10_000)
+    run(b, {i: present(1) for i in range(1000)}, 1000)
+    (t,) = b.flush()
+    assert 3 <= len(t) <= 5
 
 
 @pytest.mark.parametrize(
@@ -290,7 +310,7 @@ def test_inconsistent_settings_are_rejected(kwargs):
     ],
 )
 def test_bad_input_raises(camera, index, track_ids, match):
-    b = TrackletBuilder(CAM)
+    b = make_builder()
     b.update(frame(0), *EMPTY)
     with pytest.raises(ValueError, match=match):
         b.update(Frame(camera, index, 0.0, IMAGE), *present(*track_ids))
@@ -300,7 +320,7 @@ def test_watermark_bounds_the_end_of_every_later_tracklet():
     """Random tracks appearing, pausing and leaving: after each frame, no tracklet emitted later ends
     before the builder's watermark (what the matcher's ordering relies on)."""
     rng = np.random.default_rng(11)
-    b = TrackletBuilder(CAM, max_gap=5, max_length=25, min_length=1, max_crops=4)
+    b = make_builder(max_gap=5, max_length=25, min_length=1, max_crops=4)
     assert b.watermark == -np.inf
     marks: list[tuple[int, float]] = []  # (tracklets emitted before, watermark)
     emitted = []

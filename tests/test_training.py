@@ -17,7 +17,8 @@ from models.checkpoint import (
     load_drsta,
     read_checkpoint,
 )
-from models.train import TrainConfigError, load_train_config, train
+from models.train import TrainConfig, TrainConfigError, load_train_config, train
+from pipeline.config import ConfigError
 from tests.conftest import REPO, shared_path
 
 FEW_IDS = ["001", "003", "007", "008", "010", "011"]
@@ -147,6 +148,47 @@ def test_missing_checkpoint_file():
 def test_bad_training_config_is_named(sets, match):
     with pytest.raises(TrainConfigError, match=match):
         load_train_config(REPO / "configs" / "drsta_pku_osnet.yaml", sets)
+
+
+@pytest.mark.parametrize(
+    "text, key, fragment",
+    [
+        ("batch_p: many\n", "batch_p", "expected an integer, got 'many'"),
+        ("model: {num_partz: 3}\n", "model.num_partz", "unknown key"),
+        ("model: {num_frames: 0}\n", "model.num_frames", "positive integer"),
+        ("stages: [{name: a}]\n", "stages[0].epochs", "missing required key"),
+        ("stages: []\n", "stages", "at least one stage"),
+        ("data: {root: 3}\n", "data.root", "expected a string"),
+        ("flip: 1\n", "flip", "expected true or false"),
+        ("loss: arcface\n", "loss", "expected one of"),
+        ("device: gpu\n", "device", "cuda:N"),
+    ],
+)
+def test_bad_training_yaml_is_one_line_naming_file_and_key(tmp_path, text, key, fragment):
+    """The training config goes through the same loader as cams.yaml: typed, strict, one line."""
+    path = tmp_path / "train.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}: ") and fragment in message and "\n" not in message
+    assert TrainConfigError is ConfigError
+
+
+def test_overrides_win_over_the_yaml_which_wins_over_the_defaults(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("seed: 5\nbatch_p: 4\nstages: [{name: a, epochs: 3}]\n")
+    cfg = load_train_config(path, ["seed=7", "stages.0.lr=0.01"])
+    assert (cfg.seed, cfg.batch_p, cfg.batch_k) == (7, 4, TrainConfig().batch_k)
+    assert (cfg.stages[0].name, cfg.stages[0].epochs, cfg.stages[0].lr) == ("a", 3, 0.01)
+    with pytest.raises(ConfigError, match=r"^" + str(path) + r" \(--set\): batch_k: must be >= 1"):
+        load_train_config(path, ["batch_k=0"])
+
+
+@pytest.mark.parametrize("name", ["drsta_pku_osnet.yaml", "drsta_mars.yaml"])
+def test_shipped_training_configs_load(name):
+    cfg = load_train_config(REPO / "configs" / name)
+    assert cfg.model.num_frames == 6 and cfg.stages
 
 
 def run_cli(*args):

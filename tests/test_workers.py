@@ -339,13 +339,32 @@ def _pku_tracklet(
     )
 
 
+def _reid_worker(**kw) -> int:
+    """``run_reid_worker`` under :func:`_bounded`, with the schema's settings except those ``kw`` gives."""
+    from pipeline.config import MatcherConfig, ReIDConfig
+    from pipeline.reid.worker import run_reid_worker
+
+    r = ReIDConfig()
+    settings = {
+        "group": r.group,
+        "embedding_group": MatcherConfig().group,
+        "consumer": "reid-1",
+        "batch_size": r.batch_size,
+        "max_wait_ms": r.max_wait_ms,
+        "reclaim_idle_ms": r.reclaim_idle_ms,
+    }
+    return _bounded(run_reid_worker, **{**settings, **kw})
+
+
 @pytest.fixture(scope="module")
 def encoder():
     shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
     from models.checkpoint import load_drsta
     from pipeline.reid.worker import TrackletEncoder
 
-    return TrackletEncoder(load_drsta(), model_name="drsta_osnet_x0_25_pku@test", device="cpu")
+    return TrackletEncoder(
+        load_drsta(), model_name="drsta_osnet_x0_25_pku@test", device="cpu", num_frames=None
+    )
 
 
 def test_embeddings_do_not_depend_on_batching(encoder, pku_root: Path) -> None:
@@ -384,8 +403,6 @@ BAD_TRACKLETS = {
 
 
 def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, queue: Queue, names) -> None:
-    from pipeline.reid.worker import run_reid_worker
-
     root = shared_path("data/pku-reid")
     tracklets = [
         _pku_tracklet(root, pid, cam, track_id=i + 1, start=30.0 * c + i)
@@ -404,8 +421,7 @@ def test_reid_worker_embeds_real_tracklets_and_dead_letters_bad_ones(encoder, qu
     ids = [queue.publish(s_in, p) for p in payloads]
 
     started = time.monotonic()
-    done = _bounded(
-        run_reid_worker,
+    done = _reid_worker(
         queue=queue,
         encoder=encoder,
         stream_in=s_in,
@@ -470,12 +486,9 @@ class _MustNotEncode:
 
 @pytest.mark.parametrize("max_wait_ms", [50, 200])
 def test_reid_worker_on_an_empty_stream_returns_promptly(queue: Queue, names, max_wait_ms: int) -> None:
-    from pipeline.reid.worker import run_reid_worker
-
     s_in, s_out = names("tracklets"), names("embeddings")
     started = time.monotonic()
-    done = _bounded(
-        run_reid_worker,
+    done = _reid_worker(
         timeout=10,
         queue=queue,
         encoder=_MustNotEncode(),

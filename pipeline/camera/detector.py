@@ -13,10 +13,14 @@ import importlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.transport.messages import Detections
+
+if TYPE_CHECKING:
+    from pipeline.config import DetectorConfig
 
 __all__ = ["DetectorError", "PersonDetector"]
 
@@ -82,29 +86,25 @@ class PersonDetector:
     to the model in one inference call; exports with a static batch (the shared OpenVINO model has batch 1) are
     fed in chunks of their own batch size instead, see :attr:`max_batch`.
 
+    Every argument is required: the defaults and the value ranges (``conf`` in [0, 1], ``iou`` in (0, 1],
+    ``imgsz`` a positive multiple of 32, ``batch`` >= 1, non-empty non-negative ``classes``) are
+    :class:`~pipeline.config.DetectorConfig`'s, which validates them; build from one with :meth:`from_config`.
+
     Construction loads the model and runs one blank frame through it, so every load problem surfaces here.
-    Raises :class:`DetectorError` for missing weights, an unsupported format, a missing runtime package or
-    out-of-range arguments.
+    Raises :class:`DetectorError` for missing weights, an unsupported format or a missing runtime package.
     """
 
     def __init__(
         self,
         weights: str | Path,
         *,
-        imgsz: int = 640,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        device: str = "auto",
-        classes: Sequence[int] = (0,),
-        batch: int = 4,
+        imgsz: int,
+        conf: float,
+        iou: float,
+        device: str,
+        classes: Sequence[int],
+        batch: int,
     ) -> None:
-        if not 0.0 <= conf <= 1.0 or not 0.0 < iou <= 1.0:
-            raise DetectorError(f"conf must be in [0, 1] and iou in (0, 1], got conf={conf}, iou={iou}")
-        if imgsz <= 0 or batch < 1:
-            raise DetectorError(f"imgsz and batch must be positive, got imgsz={imgsz}, batch={batch}")
-        if len(classes) == 0 or any(int(c) != c or c < 0 for c in classes):
-            raise DetectorError(f"classes must be non-empty non-negative class ids, got {tuple(classes)}")
-
         path = Path(weights).expanduser()
         if not path.exists():
             if path.parent == Path(".") and not path.is_absolute():
@@ -136,6 +136,23 @@ class PersonDetector:
         backend = self._model.predictor.model
         dynamic = fmt in ("pt", "torchscript") or bool(backend.metadata.get("dynamic"))
         self._chunk = self._batch if dynamic else max(1, min(self._batch, int(getattr(backend, "batch", 1))))
+
+    @classmethod
+    def from_config(
+        cls, section: DetectorConfig, *, weights: str | Path | None = None, device: str | None = None
+    ) -> PersonDetector:
+        """A detector with the settings of a validated ``detector:`` section. ``weights`` replaces the
+        section's (e.g. the path :func:`models.samples.resolve_sample` found for it), ``device`` its device
+        (e.g. a command-line ``--device``); ``None`` keeps the section's."""
+        return cls(
+            section.weights if weights is None else weights,
+            imgsz=section.imgsz,
+            conf=section.conf,
+            iou=section.iou,
+            device=section.device if device is None else device,
+            classes=section.classes,
+            batch=section.batch,
+        )
 
     @property
     def max_batch(self) -> int:

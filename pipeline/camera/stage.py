@@ -1,6 +1,7 @@
 """Building the stages from a validated config. ``run_pipeline.py`` (the composition root) calls these.
 
-Every component takes plain keyword arguments; only this module reads the config sections.
+Every component takes required keyword arguments; this module hands them the config sections (through their
+``from_config``), so the components never see the whole config and hold no defaults of their own.
 """
 
 from __future__ import annotations
@@ -23,15 +24,10 @@ from trackers import build_tracker
 
 
 def build_detector(cfg: PipelineConfig, *, device: str | None = None) -> PersonDetector:
-    d = cfg.detector
-    return PersonDetector(
-        resolve_sample(d.weights),
-        imgsz=d.imgsz,
-        conf=d.conf,
-        iou=d.iou,
-        device=device or d.device,
-        classes=d.classes,
-        batch=d.batch,
+    """The configured detector; its weights through :func:`resolve_sample` (``../shared``, else the cached
+    public copy); ``device`` (the command line's) wins over ``detector.device`` when given."""
+    return PersonDetector.from_config(
+        cfg.detector, weights=resolve_sample(cfg.detector.weights), device=device
     )
 
 
@@ -50,7 +46,6 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
             raise ValueError(
                 f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in cfg.enabled_cameras]}"
             )
-    tl = cfg.tracklets
     try:
         for c in selected:
             source = open_source(
@@ -62,6 +57,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
                 max_frames=cfg.replay.max_frames,
                 loop=cfg.replay.loop,
                 read_timeout_s=cfg.live.read_timeout_s,
+                open_timeout_s=cfg.live.open_timeout_s,
                 reconnect_initial_s=cfg.live.reconnect_initial_s,
                 reconnect_max_s=cfg.live.reconnect_max_s,
             )
@@ -74,19 +70,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
                 raise ValueError(f"tracker.name: {exc.args[0]}") from None
             except ValueError as exc:
                 raise ValueError(f"tracker.params: {exc}") from None
-            builder = TrackletBuilder(
-                c.id,
-                min_length=tl.min_length,
-                max_length=tl.max_length,
-                max_gap=tl.max_gap,
-                min_box_height=tl.min_box_height,
-                min_box_width=tl.min_box_width,
-                min_conf=tl.min_conf,
-                border_margin=tl.border_margin,
-                max_crops=tl.max_crops,
-                crop_size=(tl.crop_height, tl.crop_width),
-                roi=c.roi,
-            )
+            builder = TrackletBuilder.from_config(c.id, cfg.tracklets, roi=c.roi)
             cams.append(Camera(c.id, source, tracker, builder))
     except BaseException:
         for src in opened:

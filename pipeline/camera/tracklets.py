@@ -60,12 +60,15 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from pipeline.transport.messages import Detections, Frame, Tracklet, Tracks
+
+if TYPE_CHECKING:
+    from pipeline.config import TrackletConfig
 
 __all__ = ["TrackletBuilder", "CLOSE_REASONS", "REJECT_REASONS"]
 
@@ -133,49 +136,36 @@ class TrackletBuilder:
 
     See the module docstring for the full contract (crops, filters, memory bound, closing rules, chunk
     numbers). Frames must be given in strictly increasing ``frame_index`` order, one call per frame, also when
-    there are no tracks. ``roi`` is an optional polygon of >= 3 ``(x, y)`` pixel points; a detection whose
+    there are no tracks. ``roi`` is ``None`` or a polygon of >= 3 ``(x, y)`` pixel points; a detection whose
     feet point lies outside it (points on the edge count as inside) yields no crop. ``forget_after`` is how
     many frames the next chunk number of a closed track id is remembered (for a track id that comes back).
+    ``crop_size`` is ``(H, W)``.
 
-    Raises ``ValueError`` for inconsistent settings, a frame of another camera, a frame index that does not
-    increase, or duplicate track ids in one :class:`Tracks`.
+    Every setting is required: the defaults and the rules they must satisfy (``min_length <= ceil(max_crops /
+    2)`` and ``<= max_length``, box sizes > 0, ...) are :class:`~pipeline.config.TrackletConfig`'s and the ROI
+    rules :class:`~pipeline.config.CameraConfig`'s, which validate them; build from those with
+    :meth:`from_config`.
+
+    Raises ``ValueError`` for a frame of another camera, a frame index that does not increase, or duplicate
+    track ids in one :class:`Tracks`.
     """
 
     def __init__(
         self,
         camera_id: str,
         *,
-        min_length: int = 4,
-        max_length: int = 300,
-        max_gap: int = 30,
-        min_box_height: int = 40,
-        min_box_width: int = 16,
-        min_conf: float = 0.3,
-        border_margin: int = 2,
-        max_crops: int = 32,
-        crop_size: tuple[int, int] = (256, 128),
-        roi: Sequence[tuple[float, float]] | None = None,
-        forget_after: int = 9000,
+        min_length: int,
+        max_length: int,
+        max_gap: int,
+        min_box_height: int,
+        min_box_width: int,
+        min_conf: float,
+        border_margin: int,
+        max_crops: int,
+        crop_size: tuple[int, int],
+        roi: Sequence[tuple[float, float]] | None,
+        forget_after: int,
     ) -> None:
-        if not isinstance(camera_id, str) or not camera_id:
-            raise ValueError(f"camera_id: expected a non-empty str, got {camera_id!r}")
-        if max_crops < 1:
-            raise ValueError(f"max_crops: expected >= 1, got {max_crops}")
-        if not 1 <= min_length <= math.ceil(max_crops / 2):
-            raise ValueError(
-                f"min_length: expected 1 <= min_length <= ceil(max_crops / 2) = {math.ceil(max_crops / 2)}, "
-                f"got {min_length} (a decimated piece keeps only ceil(max_crops / 2) crops)"
-            )
-        if max_length < min_length:
-            raise ValueError(f"max_length: expected >= min_length ({min_length}), got {max_length}")
-        if max_gap < 0 or forget_after < 0:
-            raise ValueError(f"max_gap, forget_after: expected >= 0, got {max_gap}, {forget_after}")
-        if min_box_height < 1 or min_box_width < 1:
-            raise ValueError(
-                f"min_box_height, min_box_width: expected >= 1, got {min_box_height}, {min_box_width}"
-            )
-        if len(crop_size) != 2 or min(crop_size) < 1:
-            raise ValueError(f"crop_size: expected (H, W) with positive ints, got {crop_size!r}")
         self.camera_id = camera_id
         self.min_length = int(min_length)
         self.max_length = int(max_length)
@@ -187,12 +177,8 @@ class TrackletBuilder:
         self.max_crops = int(max_crops)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.forget_after = int(forget_after)
-        self._roi: np.ndarray | None = None
-        if roi is not None:
-            poly = np.asarray(roi, dtype=np.float32)
-            if poly.ndim != 2 or poly.shape[1] != 2 or poly.shape[0] < 3 or not np.isfinite(poly).all():
-                raise ValueError(f"roi: expected >= 3 finite (x, y) points, got shape {poly.shape}")
-            self._roi = poly.reshape(-1, 1, 2)  # (P, 2) -> (P, 1, 2), the contour layout OpenCV takes
+        # (P, 2) -> (P, 1, 2), the contour layout OpenCV takes
+        self._roi = None if roi is None else np.asarray(roi, dtype=np.float32).reshape(-1, 1, 2)
         self._open: dict[int, _Piece] = {}
         # track id -> (next chunk number, frame index at which its last piece closed), oldest close first
         self._retired: OrderedDict[int, tuple[int, int]] = OrderedDict()
@@ -200,6 +186,27 @@ class TrackletBuilder:
         self._last_time: float | None = None
         self._stats = _Stats()
         self.last_close_reasons: dict[tuple[str, int, int], str] = {}
+
+    @classmethod
+    def from_config(
+        cls, camera_id: str, section: TrackletConfig, *, roi: Sequence[tuple[float, float]] | None
+    ) -> TrackletBuilder:
+        """A builder for camera ``camera_id`` with the settings of a validated ``tracklets:`` section and that
+        camera's ``roi`` (``cameras[].roi``)."""
+        return cls(
+            camera_id,
+            min_length=section.min_length,
+            max_length=section.max_length,
+            max_gap=section.max_gap,
+            min_box_height=section.min_box_height,
+            min_box_width=section.min_box_width,
+            min_conf=section.min_conf,
+            border_margin=section.border_margin,
+            max_crops=section.max_crops,
+            crop_size=(section.crop_height, section.crop_width),
+            roi=roi,
+            forget_after=section.forget_after,
+        )
 
     # ------------------------------------------------------------------ public API
 

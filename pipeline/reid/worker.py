@@ -2,9 +2,11 @@
 
 A worker consumes the tracklet stream in a consumer group (several workers can share it), gathers up to
 ``batch_size`` tracklets or waits at most ``max_wait_ms``, samples N crops per tracklet with the paper's
-test-time rule (first frame of each of N equal chunks), runs the network once for the batch (on CUDA when
-present), publishes one embedding message per tracklet, and only then acknowledges the tracklets. A
-message it cannot decode goes to the dead-letter stream with the reason; the worker keeps going.
+test-time rule (first frame of each of N equal chunks, ``reid.num_frames``), runs the network once for the
+batch (on CUDA when present), publishes one embedding message per tracklet, and only then acknowledges the
+tracklets. A message it cannot decode goes to the dead-letter stream with the reason; the worker keeps going.
+Every setting is a required keyword argument; the defaults and their rules are the ``reid:`` section's
+(:class:`pipeline.config.ReIDConfig`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from models.backbones import preprocess_crops
-from models.drsta import Embedder
+from models.drsta import DRSTA, Embedder
 from models.sampling import restricted_random_sample
 from pipeline.transport.messages import Tracklet, TrackletEmbedding
 from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
@@ -39,13 +41,30 @@ class TrackletEncoder:
     embedding depend on which others the queue happened to deliver with it, and a replay would not be exactly
     repeatable; one at a time it is bit-identical, and on this CPU no slower (8 OSNet clips: 0.30 s one by one,
     0.35-0.51 s as one batch).
+
+    ``num_frames`` is N, the frames sampled per tracklet (``reid.num_frames``); ``None`` takes the N the
+    network was built with (``model.num_frames``). A DRSTA network with feature enhancement only runs on its
+    own N: another value raises ``ValueError`` here, before any tracklet is read.
     """
 
-    def __init__(self, model: Embedder, *, model_name: str, device: torch.device | str = "cpu"):
+    def __init__(
+        self, model: Embedder, *, model_name: str, device: torch.device | str, num_frames: int | None
+    ) -> None:
+        own = int(model.num_frames)
+        if (
+            num_frames is not None
+            and num_frames != own
+            and isinstance(model, DRSTA)
+            and model.enhance is not None
+        ):
+            raise ValueError(
+                f"reid.num_frames: the network {model_name} has feature enhancement built for N={own} frames, "
+                f"got {num_frames} (leave reid.num_frames out to use {own})"
+            )
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.model_name = model_name
-        self.num_frames = int(model.num_frames)
+        self.num_frames = own if num_frames is None else int(num_frames)
 
     def encode(self, tracklets: Sequence[Tracklet]) -> list[TrackletEmbedding]:
         if not tracklets:
@@ -88,23 +107,27 @@ def run_reid_worker(
     *,
     stream_in: str,
     stream_out: str,
-    group: str = "reid",
-    consumer: str = "reid-1",
-    batch_size: int = 8,
-    max_wait_ms: int = 200,
-    reclaim_idle_ms: int = 30_000,
+    group: str,
+    embedding_group: str,
+    consumer: str,
+    batch_size: int,
+    max_wait_ms: int,
+    reclaim_idle_ms: int,
     stop: threading.Event | None = None,
     drain: threading.Event | None = None,
 ) -> int:
     """Serve until ``stop`` is set, or until ``drain`` is set and the input stream has nothing left.
 
-    Returns the number of tracklets embedded. ``drain`` is how a replay ends: the camera workers are done,
-    so once the group has no lag the worker exits. A worker restarted under the same ``consumer`` name first
-    finishes what its predecessor left pending; other consumers' pending work is reclaimed after
-    ``reclaim_idle_ms``.
+    Reads ``stream_in`` in consumer group ``group`` (``reid.group``) as ``consumer``, and creates the
+    matcher's group ``embedding_group`` (``matcher.group``) on ``stream_out`` first, so that embeddings
+    published before the matcher starts are kept. ``batch_size``, ``max_wait_ms`` and ``reclaim_idle_ms`` are
+    the ``reid:`` section's. Returns the number of tracklets embedded. ``drain`` is how a replay ends: the
+    camera workers are done, so once the group has no lag the worker exits. A worker restarted under the same
+    ``consumer`` name first finishes what its predecessor left pending; other consumers' pending work is
+    reclaimed after ``reclaim_idle_ms``.
     """
     queue.ensure_group(stream_in, group)
-    queue.ensure_group(stream_out, "matcher")  # so embeddings published before the matcher starts are kept
+    queue.ensure_group(stream_out, embedding_group)
     done = 0
     last_reclaim = 0.0
     recovering = True  # first what this consumer name left unfinished (a restart), before anything new

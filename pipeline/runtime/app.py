@@ -46,7 +46,10 @@ class Wiring:
     def queue(self, cfg: PipelineConfig):
         from pipeline.transport.queues import open_queue
 
-        return open_queue(self.redis_url, broker=self.broker, maxlen=cfg.queue.maxlen)
+        q = cfg.queue
+        return open_queue(
+            self.redis_url, broker=self.broker, maxlen=q.maxlen, max_deliveries=q.max_deliveries
+        )
 
     def __repr__(self) -> str:
         return f"Wiring(db={redact_url(self.db_url)!r}, redis={redact_url(self.redis_url or '') or None!r})"
@@ -257,16 +260,21 @@ def reid_process(
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # share the machine with the cameras
     ckpt = Path(cfg.reid.checkpoint) if cfg.reid.checkpoint else DEFAULT_CHECKPOINT
     model = load_drsta(ckpt, backbone_weights=cfg.reid.backbone_weights, device=device)
-    encoder = TrackletEncoder(model, model_name=model_name(ckpt), device=device)
+    encoder = TrackletEncoder(
+        model, model_name=model_name(ckpt), device=device, num_frames=cfg.reid.num_frames
+    )
     queue = wiring.queue(cfg)
     run_reid_worker(
         queue,
         encoder,
         stream_in=wiring.tracklet_stream,
         stream_out=wiring.embedding_stream,
+        group=cfg.reid.group,
+        embedding_group=cfg.matcher.group,
         consumer=consumer,
         batch_size=cfg.reid.batch_size,
         max_wait_ms=cfg.reid.max_wait_ms,
+        reclaim_idle_ms=cfg.reid.reclaim_idle_ms,
         stop=stop,
         drain=drain,
     )
@@ -310,6 +318,7 @@ def matcher_process(
         store,
         make,
         stream=wiring.embedding_stream,
+        group=cfg.matcher.group,
         consumer=consumer,
         stop=stop,
         drain=drain,
@@ -366,8 +375,8 @@ def run_full(args, cfg: PipelineConfig) -> int:
         args.device,
     )
     queue = wiring.queue(cfg)
-    queue.ensure_group(tracklets, "reid")
-    queue.ensure_group(embeddings, "matcher")
+    queue.ensure_group(tracklets, cfg.reid.group)
+    queue.ensure_group(embeddings, cfg.matcher.group)
 
     # children inherit this before they import numpy: the matcher's matrix products are small, and on a
     # small shared machine extra BLAS threads mostly wait for each other (bench/matcher_scale.py)
