@@ -31,6 +31,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.config_loader import (
+    ConfigError,
+    Section,
+    check_between,
+    check_choice,
+    check_device,
+    check_min,
+    from_mapping,
+    load_yaml,
+    need,
+    show,
+    to_plain,
+)
 from models.backbones import build_backbone, preprocess_crops
 from models.checkpoint import read_checkpoint, resolve_device, save_checkpoint
 from models.datasets import (
@@ -48,19 +61,6 @@ from models.metrics import ReIDMetrics, evaluate_rank
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 from models.weights import sha256_file
-from pipeline.config.loader import (
-    ConfigError,
-    Section,
-    check_between,
-    check_choice,
-    check_device,
-    check_min,
-    from_mapping,
-    load_yaml,
-    need,
-    show,
-    to_plain,
-)
 
 PARTS = ("backbone", "spatial", "enhance", "temporal", "fc")
 

@@ -1,5 +1,5 @@
 """The ``cams.yaml`` configuration: its schema (:mod:`pipeline.config.schema`) loaded by the one config loader
-(:mod:`pipeline.config.loader`, also used by ``models.train``).
+(:mod:`common.config_loader`, also used by ``models.train``).
 
 Precedence is code defaults < YAML < command-line overrides. Every default and every rule is written once, in
 the schema's dataclass fields and checks.
@@ -15,7 +15,7 @@ Public API
   ``<file>: <dotted.key>: <what is wrong>``, e.g. ``cams.yaml: detector.conf: expected a number, got 'high'``.
   Errors caused by an override say so: ``cams.yaml (--set): detector.conf: ...``.
 
-Conventions (the loader's, see :mod:`pipeline.config.loader`)
+Conventions (the loader's, see :mod:`common.config_loader`)
 -------------------------------------------------------------
 - Types are strict: a string where a number is expected is an error, an int where a float is expected is
   fine, a bool is never a number, a YAML list is fine where a tuple is typed. A section may be left empty
@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config_loader import ConfigError, from_mapping, load_yaml, to_plain, with_overrides
 from common.redact import redact_url
-from pipeline.config.loader import ConfigError, from_mapping, load_yaml, to_plain, with_overrides
 from pipeline.config.schema import (
     DEFAULT_DETECTOR_WEIGHTS,
     CameraConfig,

@@ -1,9 +1,9 @@
 """The ``cams.yaml`` schema: one tree of frozen dataclass sections, every default and every rule written once.
 
-Loading, overrides and error messages are :mod:`pipeline.config.loader`'s; this module only says what the
+Loading, overrides and error messages are :mod:`common.config_loader`'s; this module only says what the
 keys are, their defaults and their rules. Components take required keyword arguments (the detector, the
 tracklet builder and the re-ID encoder have a ``from_config`` beside them) and are given these values by the
-composition root, so a bad value is a one-line :class:`~pipeline.config.loader.ConfigError` naming its key,
+composition root, so a bad value is a one-line :class:`~common.config_loader.ConfigError` naming its key,
 never a crash in a component.
 
 Path conventions: relative paths in ``cameras[].source``, ``reid.checkpoint`` and ``reid.backbone_weights``
@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pipeline.camera.source_kind import SourceKind, source_kind
-from pipeline.config.loader import (
+from common.config_loader import (
     URL_SCHEME,
     WORD,
     ConfigError,
@@ -36,6 +35,7 @@ from pipeline.config.loader import (
     need,
     show,
 )
+from pipeline.camera.source_kind import SourceKind, source_kind
 
 __all__ = [
     "DEFAULT_DETECTOR_WEIGHTS",
