@@ -141,7 +141,8 @@ def main(argv=None) -> int:
             prefix = f"soak-{uuid.uuid4().hex[:8]}"
             cmd += ["--redis", args.redis, "--set", f"queue.stream_prefix={prefix}"]
             streams = (f"{prefix}:tracklets", f"{prefix}:embeddings")
-            queue = open_queue(args.redis)
+            queue_cfg = load_config(args.cameras).queue
+            queue = open_queue(args.redis, maxlen=queue_cfg.maxlen, max_deliveries=queue_cfg.max_deliveries)
         else:
             print("queue lag: n/a (embedded broker: its address and key are private to run_pipeline.py)")
         engine = sa.create_engine(db_url)

@@ -34,6 +34,7 @@ from pipeline.transport.queues import (
     open_queue,
     start_local_broker,
 )
+from tests.queue_defaults import QUEUE
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REID_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -88,12 +89,12 @@ def make_queue(kind: str, request: pytest.FixtureRequest) -> Iterator[Callable[.
 
     def make(**kw) -> Queue:
         if kind == "local":
-            q: Queue = LocalQueue(**kw)
+            q: Queue = LocalQueue(**{**QUEUE, **kw})
         elif kind == "local-broker":
             b: LocalBroker = request.getfixturevalue("broker")
-            q = b.queue(**kw)
+            q = b.queue(**{**QUEUE, **kw})
         else:
-            q = RedisQueue(url, retry_for_s=5.0, **kw)
+            q = RedisQueue(url, retry_for_s=5.0, **{**QUEUE, **kw})
         made.append(q)
         return q
 
@@ -163,9 +164,9 @@ import os, sys, time
 from pipeline.transport.queues import BrokerEndpoint, open_queue
 kind, stream, group = sys.argv[1:4]
 if kind.startswith("redis"):
-    q = open_queue(os.environ["TEST_QUEUE_URL"])
+    q = open_queue(os.environ["TEST_QUEUE_URL"], maxlen=100, max_deliveries=5)
 else:
-    q = open_queue(None, broker=BrokerEndpoint(sys.argv[4], bytes.fromhex(os.environ["TEST_QUEUE_KEY"])))
+    q = open_queue(None, broker=BrokerEndpoint(sys.argv[4], bytes.fromhex(os.environ["TEST_QUEUE_KEY"])), maxlen=100, max_deliveries=5)
 q.ensure_group(stream, group)
 msgs = q.consume(stream, group, "doomed", count=1, block_ms=3000)
 print(msgs[0].id if msgs else "none", flush=True)
@@ -431,7 +432,7 @@ def test_maxlen_bounds_the_stream(
 
 
 def test_local_queue_never_trims_what_a_group_still_owes(names) -> None:
-    q = LocalQueue(maxlen=5)
+    q = LocalQueue(**{**QUEUE, "maxlen": 5})
     s, g = names("s"), names("g")
     q.ensure_group(s, g)
     for p in _payloads(12):
@@ -511,14 +512,14 @@ def test_broker_dies_with_the_process_that_started_it() -> None:
     )
     try:
         address, key, *broker_pids = _read_line(proc, timeout=60).split()
-        LocalQueue.connect(address, bytes.fromhex(key)).close()  # it is up
+        LocalQueue.connect(address, bytes.fromhex(key), **QUEUE).close()  # it is up
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     deadline = time.monotonic() + 10
     while True:
         try:
-            LocalQueue.connect(address, bytes.fromhex(key)).close()
+            LocalQueue.connect(address, bytes.fromhex(key), **QUEUE).close()
         except QueueError:
             break  # gone
         if time.monotonic() > deadline:
@@ -530,14 +531,14 @@ def test_broker_dies_with_the_process_that_started_it() -> None:
 
 def test_connect_failures_raise_queue_error(broker: LocalBroker) -> None:
     with pytest.raises(QueueError):
-        LocalQueue.connect(broker.address, b"wrong key")
+        LocalQueue.connect(broker.address, b"wrong key", **QUEUE)
     with pytest.raises(QueueError):
-        LocalQueue.connect("/nonexistent/dir/broker.sock", broker.authkey)
+        LocalQueue.connect("/nonexistent/dir/broker.sock", broker.authkey, **QUEUE)
 
 
 def test_queue_fails_cleanly_after_broker_shutdown(names) -> None:
     with start_local_broker() as b:
-        q = b.queue()
+        q = b.queue(**QUEUE)
         q.publish(names("s"), b"x")
     with pytest.raises(QueueError):
         q.publish(names("s"), b"y")
@@ -564,7 +565,7 @@ def test_broker_endpoint_hides_the_authkey(broker: LocalBroker) -> None:
 def test_open_queue_chooses_the_implementation(
     broker: LocalBroker, url, use_broker: bool, expected: type
 ) -> None:
-    q = open_queue(url, broker=broker.endpoint if use_broker else None, maxlen=7)
+    q = open_queue(url, broker=broker.endpoint if use_broker else None, **{**QUEUE, "maxlen": 7})
     try:
         assert type(q) is expected and isinstance(q, Queue) and q.maxlen == 7  # type: ignore[attr-defined]
     finally:
@@ -580,12 +581,12 @@ def test_open_queue_chooses_the_implementation(
 )
 def test_open_queue_rejects_contradictory_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
-        open_queue(**kwargs)
+        open_queue(**kwargs, **QUEUE)
 
 
 def test_password_stays_out_of_repr_and_unreachable_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    q = RedisQueue("redis://:secretpw@127.0.0.1:1/0", retry_for_s=0.5)  # nothing listens on port 1
+    q = RedisQueue("redis://:secretpw@127.0.0.1:1/0", retry_for_s=0.5, **QUEUE)  # nothing listens on port 1
     start = time.monotonic()
     with pytest.raises(QueueError) as info:
         q.publish("s", b"x")
@@ -603,7 +604,7 @@ def test_password_stays_out_of_server_errors(names) -> None:
     client.set(key, "not a stream")
     # Redis 7's default user has no password and accepts any: this URL connects, and the error comes from
     # the command.
-    q = RedisQueue("redis://:secretpw@127.0.0.1:6379/0", retry_for_s=2)
+    q = RedisQueue("redis://:secretpw@127.0.0.1:6379/0", retry_for_s=2, **QUEUE)
     with pytest.raises(QueueError) as info:
         q.ensure_group(key, "g")
     q.close()
@@ -614,7 +615,7 @@ def test_password_stays_out_of_server_errors(names) -> None:
 def test_wrong_credentials_fail_at_once_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
     _redis_or_skip()
     caplog.set_level(logging.DEBUG)
-    q = RedisQueue("redis://nosuchuser:secretpw@127.0.0.1:6379/0", retry_for_s=30)
+    q = RedisQueue("redis://nosuchuser:secretpw@127.0.0.1:6379/0", retry_for_s=30, **QUEUE)
     start = time.monotonic()
     with pytest.raises(QueueError, match="credentials") as info:
         q.length("anything")
@@ -664,7 +665,7 @@ def test_redis_restart_mid_run_is_survived() -> None:
         pytest.skip("redis-server is not installed, so a private Redis cannot be restarted")
     port = _free_port()
     servers = [_start_redis(port)]  # a private server: the machine's Redis is shared, never restarted here
-    q = RedisQueue(f"redis://127.0.0.1:{port}/0", retry_for_s=15)
+    q = RedisQueue(f"redis://127.0.0.1:{port}/0", retry_for_s=15, **QUEUE)
     restarter = threading.Timer(1.0, lambda: servers.append(_start_redis(port)))
     try:
         q.ensure_group("s", "g")
@@ -693,7 +694,7 @@ def test_unix_socket_url_works(tmp_path: Path) -> None:
         pytest.skip("redis-server is not installed, so a private Redis on a Unix socket cannot be started")
     sock = tmp_path / "redis.sock"
     server = _start_redis(_free_port(), "--unixsocket", str(sock), "--unixsocketperm", "700")
-    q = RedisQueue(f"unix://{sock}?db=0", retry_for_s=2)
+    q = RedisQueue(f"unix://{sock}?db=0", retry_for_s=2, **QUEUE)
     try:
         q.ensure_group("s", "g")
         q.publish("s", b"over a unix socket")
@@ -715,7 +716,7 @@ def test_unix_socket_url_works(tmp_path: Path) -> None:
 )
 def test_unusable_url_is_a_queue_error_at_construction_without_secrets(url: str) -> None:
     with pytest.raises(QueueError, match="invalid Redis URL") as info:
-        RedisQueue(url)
+        RedisQueue(url, **QUEUE)
     text = f"{info.value} {info.value.__cause__!r} {info.value.__context__!r}"
     assert "s3cret" not in text and "t0ken" not in text and "\n" not in str(info.value)
 

@@ -12,6 +12,7 @@ import pytest
 from common.redact import redact_text, redact_url, url_secrets
 from pipeline.camera.sources import LiveStreamSource, SourceError, open_source
 from pipeline.transport.queues import QueueError, open_queue
+from tests.queue_defaults import QUEUE
 
 SECRETS = ("s3cret", "t0ken")
 
@@ -142,11 +143,11 @@ def test_live_source_and_redis_queue_never_log_or_raise_their_secrets(
 
     # redis-py has no ``token`` option: the queue refuses the URL at construction.
     with pytest.raises(QueueError) as bad_option:
-        open_queue("redis://:s3cret@127.0.0.1:1/0?token=t0ken", retry_for_s=0.3)
+        open_queue("redis://:s3cret@127.0.0.1:1/0?token=t0ken", retry_for_s=0.3, **QUEUE)
     texts.append(_exception_text(bad_option.value))
 
     # A URL redis-py accepts, on a port where nothing listens: retried (and logged), then a QueueError.
-    q = open_queue("redis://:s3cret@127.0.0.1:1/0?password=t0ken", retry_for_s=0.3)
+    q = open_queue("redis://:s3cret@127.0.0.1:1/0?password=t0ken", retry_for_s=0.3, **QUEUE)
     texts.append(repr(q))
     with pytest.raises(QueueError) as unreachable:
         q.publish("s", b"x")

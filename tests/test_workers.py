@@ -53,6 +53,7 @@ from storage.db import Store, StoreError, open_store
 from storage.models import SightingRow, TrackletRow
 from tests import matching_defaults as build
 from tests.conftest import PG_URL, REDIS_URL, pg_unreachable, redis_unreachable, shared_path
+from tests.queue_defaults import QUEUE
 
 T0 = 1_700_000_000.0
 MODEL = "test-model@0123456789ab"
@@ -111,7 +112,9 @@ def queue_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def queue(queue_kind: str) -> Iterator[Queue]:
     """A queue of the parametrized kind, in this process only."""
-    q: Queue = LocalQueue() if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0)
+    q: Queue = (
+        LocalQueue(**QUEUE) if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0, **QUEUE)
+    )
     yield q
     q.close()
 
@@ -844,7 +847,9 @@ def _doomed_matcher(
 @pytest.fixture
 def shared_queue(queue_kind: str, broker: LocalBroker) -> Iterator[Queue]:
     """A queue of the parametrized kind that a spawned child process can use too."""
-    q: Queue = broker.queue() if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0)
+    q: Queue = (
+        broker.queue(**QUEUE) if queue_kind == "local" else RedisQueue(REDIS_URL, retry_for_s=5.0, **QUEUE)
+    )
     yield q
     q.close()
 

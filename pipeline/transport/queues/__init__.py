@@ -38,8 +38,6 @@ from __future__ import annotations
 
 from pipeline.transport.queues.base import (
     DEAD_LETTER_SUFFIX,
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_MAXLEN,
     DeadLetter,
     Message,
     Queue,
@@ -71,8 +69,8 @@ def open_queue(
     redis_url: str | None = None,
     *,
     broker: BrokerEndpoint | None = None,
-    maxlen: int = DEFAULT_MAXLEN,
-    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    maxlen: int,
+    max_deliveries: int,
     **redis_options: float,
 ) -> Queue:
     """A :class:`RedisQueue` when ``redis_url`` is given, else a :class:`LocalQueue`: connected to ``broker``

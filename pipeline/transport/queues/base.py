@@ -12,8 +12,6 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "DEAD_LETTER_SUFFIX",
-    "DEFAULT_MAXLEN",
-    "DEFAULT_MAX_DELIVERIES",
     "DeadLetter",
     "Message",
     "Queue",
@@ -32,8 +30,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_SUFFIX = ":dead"
-DEFAULT_MAXLEN = 10_000
-DEFAULT_MAX_DELIVERIES = 5
 _REASON_MAX_CHARS = 500
 
 T = TypeVar("T")

@@ -27,8 +27,6 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any
 
 from pipeline.transport.queues.base import (
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_MAXLEN,
     DeadLetter,
     Message,
     QueueError,
@@ -339,7 +337,7 @@ class LocalQueue:
     a connected queue can also be pickled to a child process (it reconnects there).
     """
 
-    def __init__(self, *, maxlen: int = DEFAULT_MAXLEN, max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+    def __init__(self, *, maxlen: int, max_deliveries: int) -> None:
         self.maxlen = check_positive("maxlen", maxlen)
         self.max_deliveries = check_positive("max_deliveries", max_deliveries)
         self._endpoint: BrokerEndpoint | None = None
@@ -352,8 +350,8 @@ class LocalQueue:
         address: Any,
         authkey: bytes,
         *,
-        maxlen: int = DEFAULT_MAXLEN,
-        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        maxlen: int,
+        max_deliveries: int,
     ) -> LocalQueue:
         """A queue on the broker served at ``address``; raise :class:`QueueError` if it cannot be reached."""
         q = cls(maxlen=maxlen, max_deliveries=max_deliveries)
@@ -506,9 +504,7 @@ class LocalBroker:
     def authkey(self) -> bytes:
         return self.endpoint.authkey
 
-    def queue(
-        self, *, maxlen: int = DEFAULT_MAXLEN, max_deliveries: int = DEFAULT_MAX_DELIVERIES
-    ) -> LocalQueue:
+    def queue(self, *, maxlen: int, max_deliveries: int) -> LocalQueue:
         """A :class:`LocalQueue` connected to this broker."""
         return LocalQueue.connect(self.address, self.authkey, maxlen=maxlen, max_deliveries=max_deliveries)
 

@@ -22,8 +22,6 @@ from redis.retry import Retry
 
 from common.redact import redact_text, redact_url, url_secrets
 from pipeline.transport.queues.base import (
-    DEFAULT_MAX_DELIVERIES,
-    DEFAULT_MAXLEN,
     DeadLetter,
     Message,
     QueueError,
@@ -62,8 +60,8 @@ class RedisQueue:
         self,
         url: str,
         *,
-        maxlen: int = DEFAULT_MAXLEN,
-        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        maxlen: int,
+        max_deliveries: int,
         socket_timeout: float = 10.0,
         connect_timeout: float = 3.0,
         retry_for_s: float = 30.0,
