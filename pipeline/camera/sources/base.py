@@ -54,7 +54,8 @@ _FPS_WINDOW_S = 5.0  # measured fps is over the frames of the last few seconds
 
 
 class SourceError(ValueError):
-    """A source that cannot deliver frames at open time; the one-line message names the camera and source."""
+    """A source that cannot deliver frames: at open time, or a live source whose frames its ``crop`` does not
+    fit (raised by iteration). The one-line message names the camera and the source."""
 
 
 @dataclass(frozen=True)
