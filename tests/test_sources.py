@@ -240,6 +240,13 @@ def test_rotation_metadata_gives_upright_frames(tmp_path):
     assert expected.shape == (768, 576, 3) and first.shape == expected.shape
     assert np.abs(first.astype(np.int16) - expected).mean() < 1.0
 
+    # a crop is in pixels of the upright (portrait, 576x768) frame: checked and cut after the rotation
+    with open_source("cam-rot", str(rotated), crop=(0, 600, 576, 768)) as src:
+        assert src.frame_size == (576, 168)
+        np.testing.assert_array_equal(next(iter(src)).image, first[600:768, 0:576])
+    with pytest.raises(SourceError, match=r"crop \[0, 0, 700, 100\] does not fit the 576x768 frame"):
+        open_source("cam-rot", str(rotated), crop=(0, 0, 700, 100))
+
 
 # ---------------------------------------------------------------------------------------- image folders
 
@@ -612,6 +619,38 @@ def test_live_stream_max_frames_ends_iteration(stream_server):
         frames = list(src)
         assert src.closed
     assert len(frames) == 3 and frames[0].timestamp < frames[1].timestamp < frames[2].timestamp
+
+
+@pytest.mark.parametrize(
+    ("crop", "error"),
+    [
+        ((100, 50, 420, 400), None),
+        ((0, 0, 768, 576), None),  # the whole frame
+        ((0, 0, 900, 576), "crop [0, 0, 900, 576] does not fit the 768x576 frame (x2 900 > width 768)"),
+    ],
+)
+def test_live_stream_crop(crop, error, stream_server):
+    """A live source crops every frame; a crop its frames do not fit stops it (checked at the first frame):
+    the reason in health, the threads ended, and iteration raises SourceError instead of a dead thread."""
+    port = _free_port()
+    stream_server.start(port)
+    with _live(f"http://127.0.0.1:{port}/live.ts", crop=crop) as src:
+        x1, y1, x2, y2 = crop
+        assert src.frame_size == (x2 - x1, y2 - y1)  # known before the first frame
+        if error is None:
+            frames = [src.read(timeout=15.0) for _ in range(3)]
+            assert all(f is not None and f.image.shape == (y2 - y1, x2 - x1, 3) for f in frames), src.health
+            assert all(f.image.flags["C_CONTIGUOUS"] and f.image.flags["OWNDATA"] for f in frames)
+            return
+        assert _wait_for(lambda: "does not fit" in (src.health.last_error or ""), 15.0), src.health
+        with pytest.raises(SourceError) as err:
+            next(src)
+        health = src.health
+    text = str(err.value)
+    assert (
+        text.startswith("camera 'cam-live': stream http://127.0.0.1:") and error in text and "\n" not in text
+    )
+    assert health.last_error == text and not health.connected and health.frames == 0 and src.closed
 
 
 @pytest.mark.parametrize(

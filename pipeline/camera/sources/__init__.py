@@ -8,7 +8,8 @@ class with the one source-kind rule, :func:`pipeline.camera.source_kind.source_k
 Modules, by job:
 
 - :mod:`~pipeline.camera.sources.base`: the :class:`FrameSource` contract, :class:`SourceHealth`,
-  :class:`SourceError` and the shared defaults;
+  :class:`SourceError`, the shared defaults and the ``crop`` every kind of source applies (the rule itself is
+  :mod:`pipeline.camera.crop`);
 - :mod:`~pipeline.camera.sources.probe`: :func:`probe_video` (ffprobe: rate, frame count, rotation, creation
   time);
 - :mod:`~pipeline.camera.sources.recorded`: :class:`VideoFileSource` and :class:`ImageFolderSource` (timestamps
@@ -26,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.redact import redact_url
+from pipeline.camera.crop import Crop
 from pipeline.camera.source_kind import LIVE_SCHEMES, source_kind
 from pipeline.camera.sources.base import (
     DEFAULT_OPEN_TIMEOUT_S,
@@ -69,6 +71,7 @@ def open_source(
     open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
     reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
     reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
+    crop: Crop | None = None,
 ) -> FrameSource:
     """Open the source named by ``source`` for camera ``camera_id``, of the kind :func:`source_kind` says.
 
@@ -76,9 +79,14 @@ def open_source(
     -> :class:`WebcamSource`; a path ending in a separator or without a suffix -> :class:`ImageFolderSource`;
     any other path -> :class:`VideoFileSource`. ``start_time``, ``realtime`` and ``loop`` apply to recorded
     sources only (a live source ignores ``loop``: it never ends); the timeout and reconnect settings to live
-    ones. Raises :class:`SourceError` (a ``ValueError``) naming the camera and the source (credentials
-    redacted) for an unsupported URL scheme, a path that does not exist or is not of its kind (a folder with a
-    suffix, a file without one), or a recorded source or webcam that cannot deliver frames.
+    ones. ``crop`` ``(x1, y1, x2, y2)`` (pixels of the source's upright frame, x2 and y2 exclusive) applies to
+    every kind: the source yields that rectangle of each frame and reports its size as ``frame_size``; a crop
+    that is not four integers with ``0 <= x1 < x2``, ``0 <= y1 < y2`` raises ``ValueError``. Raises
+    :class:`SourceError` (a ``ValueError``) naming the camera and the source (credentials redacted) for an
+    unsupported URL scheme, a path that does not exist or is not of its kind (a folder with a suffix, a file
+    without one), a recorded source or webcam that cannot deliver frames, or a recorded source whose frames
+    the crop does not fit (a live source finds out at its first frame: see
+    :class:`~pipeline.camera.sources.live.LiveStreamSource`).
     """
     try:
         kind = source_kind(source)
@@ -91,6 +99,7 @@ def open_source(
         "open_timeout_s": open_timeout_s,
         "reconnect_initial_s": reconnect_initial_s,
         "reconnect_max_s": reconnect_max_s,
+        "crop": crop,
     }
     if kind == "live":
         return LiveStreamSource(camera_id, source, **live)
@@ -108,6 +117,7 @@ def open_source(
         "realtime": realtime,
         "max_frames": max_frames,
         "loop": loop,
+        "crop": crop,
     }
     if kind == "images":
         if not path.is_dir():

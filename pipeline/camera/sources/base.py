@@ -5,6 +5,10 @@ Every source is an iterator of ``Frame(camera_id, frame_index, timestamp, image)
 uint8 BGR and ``timestamp`` POSIX seconds (UTC), and a context manager; ``close()`` releases the decoder (and
 stops a live source's threads). ``source.health`` returns a frozen :class:`SourceHealth` snapshot and is safe
 to call from another thread while frames flow.
+
+A source opened with a ``crop`` (see :mod:`pipeline.camera.crop`) yields the cropped view: every frame's
+``image`` is ``original[y1:y2, x1:x2]`` as its own contiguous array, and ``frame_size`` is the crop's size.
+The crop is applied here, once for every kind of source (:meth:`FrameSource._cropped`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+
+from pipeline.camera.crop import Crop, check_crop, check_crop_fits, crop_size
 from pipeline.transport.messages import Frame
 
 __all__ = [
@@ -47,7 +54,8 @@ _FPS_WINDOW_S = 5.0  # measured fps is over the frames of the last few seconds
 
 
 class SourceError(ValueError):
-    """A source that cannot deliver frames at open time; the one-line message names the camera and source."""
+    """A source that cannot deliver frames: at open time, or a live source whose frames its ``crop`` does not
+    fit (raised by iteration). The one-line message names the camera and the source."""
 
 
 @dataclass(frozen=True)
@@ -167,11 +175,26 @@ class FrameSource(ABC):
     this source will yield when known (a file's frame count, capped by ``max_frames``), ``start_time`` the
     POSIX time of frame 0 for recorded sources (None for live ones). Iterate a source once. A looping source
     has ``num_frames`` ``max_frames`` (None without a cap: it does not end on its own).
+
+    ``crop`` (``(x1, y1, x2, y2)`` pixels of the source's upright frame, x2 and y2 exclusive, or None) makes
+    the source yield that rectangle of every frame; ``frame_size`` is ``(width, height)`` of the frames
+    yielded (the crop's size when cropping; None before a live source's first frame without a crop). A crop
+    that is not four integers with ``0 <= x1 < x2`` and ``0 <= y1 < y2`` raises ``ValueError`` naming the
+    camera; one that does not fit the frames raises :class:`SourceError` at open for recorded sources (see
+    each class for frames that stop fitting later, and for live sources).
     """
 
-    def __init__(self, camera_id: str, *, max_frames: int | None) -> None:
+    def __init__(self, camera_id: str, *, max_frames: int | None, crop: Crop | None = None) -> None:
         if max_frames is not None and max_frames < 0:
             raise ValueError(f"camera {camera_id!r}: max_frames must be >= 0 or None, got {max_frames}")
+        self._crop: Crop | None = None
+        self._frame_size: tuple[int, int] | None = None
+        if crop is not None:
+            try:
+                self._crop = check_crop(crop)
+            except ValueError as e:
+                raise ValueError(f"camera {camera_id!r}: crop: {e}") from None
+            self._frame_size = crop_size(self._crop)
         self._camera_id = camera_id
         self._max_frames = max_frames
         self._fps: float | None = None
@@ -198,6 +221,14 @@ class FrameSource(ABC):
         return self._start_time
 
     @property
+    def crop(self) -> Crop | None:
+        return self._crop
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        return self._frame_size
+
+    @property
     def health(self) -> SourceHealth:
         return self._health.snapshot()
 
@@ -212,6 +243,31 @@ class FrameSource(ABC):
 
     def _limit_reached(self) -> bool:
         return self._max_frames is not None and self._yielded >= self._max_frames
+
+    def _describe(self) -> str:
+        """What this source reads, for messages (credentials redacted)."""
+        return "source"
+
+    def _check_fits(self, width: int, height: int) -> None:
+        """Raise :class:`SourceError` naming the camera, the crop, the frame size and the source when the crop
+        does not fit a ``width`` x ``height`` frame; without a crop, remember that size as ``frame_size``."""
+        if self._crop is None:
+            self._frame_size = (width, height)
+            return
+        try:
+            check_crop_fits(self._crop, width, height)
+        except ValueError as e:
+            raise SourceError(f"camera {self._camera_id!r}: {self._describe()}: {e}") from None
+
+    def _cropped(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (H, W, 3) as the camera sees it: unchanged without a crop, else the crop's rectangle as
+        a C-contiguous copy, so it neither aliases a buffer the decoder may reuse nor keeps the whole frame
+        alive for as long as a tracklet holds the view. Raises :class:`SourceError` when it does not fit."""
+        self._check_fits(int(image.shape[1]), int(image.shape[0]))
+        if self._crop is None:
+            return image
+        x1, y1, x2, y2 = self._crop
+        return image[y1:y2, x1:x2].copy()
 
     def __iter__(self) -> Iterator[Frame]:
         return self

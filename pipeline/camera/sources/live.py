@@ -11,6 +11,11 @@ an error: the source keeps retrying and says so in ``health``. Iteration ends on
 ``max_frames``; ``__next__`` waits in short slices, so ``close()`` from another thread ends it promptly, and
 :meth:`LiveStreamSource.read` offers a wait with a timeout for callers that poll.
 
+A ``crop`` is checked against every frame grabbed (the stream's size is known only then). A frame it does not
+fit (x2 > width or y2 > height) stops the source instead of killing the reader thread: the reason, naming the
+camera, the crop and the frame size, goes to ``health.last_error`` and the log, the threads end, and iteration
+raises :class:`SourceError` with it (reconnecting would not change a misconfigured crop).
+
 Every message and log line of ours goes through :mod:`common.redact` with the URL's secrets (password,
 ``?token=``...), so they never reach ``health``, logs or tracebacks (FFmpeg's own log lines, written by the
 library to stderr, are outside our control).
@@ -32,6 +37,7 @@ import cv2
 import numpy as np
 
 from common.redact import redact_text, redact_url, url_secrets
+from pipeline.camera.crop import Crop
 from pipeline.camera.sources.base import (
     DEFAULT_LIVE_QUEUE_SIZE,
     DEFAULT_OPEN_TIMEOUT_S,
@@ -74,8 +80,9 @@ class LiveStreamSource(FrameSource):
         reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
         reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
         queue_size: int = DEFAULT_LIVE_QUEUE_SIZE,
+        crop: Crop | None = None,
     ) -> None:
-        super().__init__(camera_id, max_frames=max_frames)
+        super().__init__(camera_id, max_frames=max_frames, crop=crop)
         for name, value in (
             ("read_timeout_s", read_timeout_s),
             ("open_timeout_s", open_timeout_s),
@@ -105,6 +112,7 @@ class LiveStreamSource(FrameSource):
         self._blocked_since: float | None = None
         self._attempts = 0
         self._next_index = 0
+        self._error: str | None = None  # why the source gave up (a crop that does not fit), for __next__
         initial = self._initial_capture()
         self._threads: list[threading.Thread] = []
         self._spawn_reader(0, initial)
@@ -212,6 +220,11 @@ class LiveStreamSource(FrameSource):
                         delay = self._reconnect_initial_s
                     delay = self._backoff(delay)
                     continue
+                try:
+                    image = self._cropped(image)
+                except SourceError as e:
+                    self._give_up(str(e))
+                    break
                 delivered = True
                 self._push(generation, image)
         except Exception as e:  # a dead reader would silently freeze this camera: record it instead
@@ -240,6 +253,16 @@ class LiveStreamSource(FrameSource):
             log.warning("%s", message)
         else:
             log.debug("%s", message)
+
+    def _give_up(self, reason: str) -> None:
+        """Stop for good (the threads end, iteration raises :class:`SourceError` with ``reason``)."""
+        message = self._redact(reason)
+        log.error("%s", message)
+        self._health.disconnected(time.time(), message, outage=False)
+        with self._cond:
+            self._error = message
+            self._stop.set()
+            self._cond.notify_all()
 
     def _push(self, generation: int, image: np.ndarray) -> None:
         wall, mono = time.time(), time.monotonic()
@@ -277,7 +300,8 @@ class LiveStreamSource(FrameSource):
     def read(self, timeout: float | None = None) -> Frame | None:
         """The next frame, waiting at most ``timeout`` seconds (None: until one comes or the source closes).
 
-        Returns None on timeout, after :meth:`close`, or once ``max_frames`` frames were returned.
+        Returns None on timeout, after :meth:`close`, once ``max_frames`` frames were returned, or once the
+        source gave up (``health.last_error`` says why).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -297,6 +321,7 @@ class LiveStreamSource(FrameSource):
         return frame
 
     def __next__(self) -> Frame:
+        """The next frame; raises :class:`SourceError` when the source gave up (a crop that does not fit)."""
         # Short waits rather than one long one: close() from another thread ends iteration promptly.
         while True:
             frame = self.read(timeout=0.5)
@@ -304,6 +329,8 @@ class LiveStreamSource(FrameSource):
                 return frame
             if self._stop.is_set() or self._limit_reached():
                 self.close()
+                if self._error is not None:
+                    raise SourceError(self._error)
                 raise StopIteration
 
     def close(self) -> None:

@@ -22,6 +22,12 @@ Rate, frame count and rotation of files come from :func:`~pipeline.camera.source
 there). OpenCV's FFmpeg backend already rotates frames when ``CAP_PROP_ORIENTATION_AUTO`` is on (the
 default); we apply only the difference between the wanted rotation and what OpenCV says it applied, so a frame
 is never rotated twice and a backend that does not rotate still gives upright frames.
+
+Crop
+    ``crop`` is in pixels of the upright frame (after rotation) and is checked against the first frame at
+    open: one that does not fit raises :class:`SourceError`. A video frame that stops fitting later (the
+    stream changed resolution) ends iteration like a decoding error, the reason in ``health.last_error``; an
+    image of a folder that does not fit is skipped with a warning, like one that does not decode.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.camera.crop import Crop
 from pipeline.camera.source_kind import IMAGE_EXTENSIONS
 from pipeline.camera.sources.base import (
     DEFAULT_IMAGE_FOLDER_FPS,
@@ -97,8 +104,9 @@ class VideoFileSource(FrameSource):
         realtime: bool = False,
         max_frames: int | None = None,
         loop: bool = False,
+        crop: Crop | None = None,
     ) -> None:
-        super().__init__(camera_id, max_frames=max_frames)
+        super().__init__(camera_id, max_frames=max_frames, crop=crop)
         if fps is not None and not fps > 0:
             raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
         self._path = Path(path)
@@ -137,6 +145,14 @@ class VideoFileSource(FrameSource):
         cv_applied = cv_meta if cap.get(cv2.CAP_PROP_ORIENTATION_AUTO) > 0 else 0
         wanted = probe.rotation if probe is not None else cv_meta
         self._rotate_code = _ROTATE_CODES.get((wanted - cv_applied) % 360)
+        height, width = first.shape[:2]
+        if self._rotate_code in (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE):
+            width, height = height, width
+        try:
+            self._check_fits(width, height)
+        except SourceError:
+            cap.release()
+            raise
 
         if start_time is not None:
             self._start_time = to_posix(start_time)
@@ -164,6 +180,9 @@ class VideoFileSource(FrameSource):
     @property
     def path(self) -> Path:
         return self._path
+
+    def _describe(self) -> str:
+        return f"video file {self._path}"
 
     def _relative_pts(self, index: int, pos_ms: float) -> float:
         """Seconds since frame 0 of this pass (``index`` counts within the pass): POS_MSEC while it strictly
@@ -264,6 +283,11 @@ class VideoFileSource(FrameSource):
         self._pass_decoded += 1
         if self._rotate_code is not None:
             image = cv2.rotate(image, self._rotate_code)
+        try:
+            image = self._cropped(image)
+        except SourceError as e:
+            self._finish(str(e))
+            raise StopIteration from None
         if self._realtime:
             self._pacer.wait(rel)
         self._health.frame(time.time(), time.monotonic())
@@ -324,8 +348,9 @@ class ImageFolderSource(FrameSource):
         realtime: bool = False,
         max_frames: int | None = None,
         loop: bool = False,
+        crop: Crop | None = None,
     ) -> None:
-        super().__init__(camera_id, max_frames=max_frames)
+        super().__init__(camera_id, max_frames=max_frames, crop=crop)
         if fps is not None and not fps > 0:
             raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
         self._path = Path(path)
@@ -343,6 +368,7 @@ class ImageFolderSource(FrameSource):
         first = cv2.imread(str(self._files[0]), cv2.IMREAD_COLOR)
         if first is None:
             raise SourceError(f"camera {camera_id!r}: first image {self._files[0]} does not decode")
+        self._check_fits(int(first.shape[1]), int(first.shape[0]))
         self._pending: np.ndarray | None = first
         self._fps = fps or _seqinfo_fps(self._path) or DEFAULT_IMAGE_FOLDER_FPS
         self._num_frames = self._cap_count(None if loop else len(self._files))
@@ -357,6 +383,9 @@ class ImageFolderSource(FrameSource):
     @property
     def path(self) -> Path:
         return self._path
+
+    def _describe(self) -> str:
+        return f"image folder {self._path}"
 
     def __next__(self) -> Frame:
         while not self._closed and not self._limit_reached():
@@ -380,6 +409,13 @@ class ImageFolderSource(FrameSource):
                 image = cv2.imread(str(self._files[position]), cv2.IMREAD_COLOR)
             if image is None:
                 msg = f"camera {self._camera_id!r}: skipped image {self._files[position]} (does not decode)"
+                log.warning("%s", msg)
+                self._health.warn(msg)
+                continue
+            try:
+                image = self._cropped(image)
+            except SourceError as e:
+                msg = f"{e}; skipped image {self._files[position].name}"
                 log.warning("%s", msg)
                 self._health.warn(msg)
                 continue
