@@ -144,7 +144,7 @@ def test_defaults_are_the_documented_values(tmp_path: Path) -> None:
     assert (q.redis_url, q.stream_prefix, q.maxlen, q.max_deliveries) == (None, "reid", 10000, 5)
     assert cfg.db.url == "sqlite:///reid.db"
     cam = cfg.cameras[0]
-    assert (cam.start_time, cam.fps, cam.roi, cam.enabled) == (None, None, None, True)
+    assert (cam.start_time, cam.fps, cam.roi, cam.crop, cam.enabled) == (None, None, None, None, True)
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
@@ -215,7 +215,7 @@ ERROR_CASES = [
         _with("cameras.1", {"id": "cam2", "sourc": "b.mp4"}),
         (),
         "cameras[1].sourc",
-        "unknown key (valid: id, source, start_time, fps, roi, enabled)",
+        "unknown key (valid: id, source, start_time, fps, roi, crop, enabled)",
     ),
     (
         "unknown link key",
@@ -327,6 +327,30 @@ ERROR_CASES = [
         (),
         "cameras[0].roi[0]",
         "expected a list",
+    ),
+    (
+        "crop of 3",
+        _with("cameras.0.crop", [0, 0, 9]),
+        (),
+        "cameras[0].crop",
+        "expected a list of 4 items, got 3",
+    ),
+    ("crop float", _with("cameras.0.crop", [0, 0, 9.5, 9]), (), "cameras[0].crop[2]", "expected an integer"),
+    ("crop string", _with("cameras.0.crop", "0,0,9,9"), (), "cameras[0].crop", "expected a list"),
+    (
+        "crop negative",
+        _with("cameras.0.crop", [-1, 0, 9, 9]),
+        (),
+        "cameras[0].crop",
+        "x1 and y1 must be >= 0",
+    ),
+    ("crop empty", _with("cameras.0.crop", [5, 0, 5, 9]), (), "cameras[0].crop", "needs x1 < x2 and y1 < y2"),
+    (
+        "crop override",
+        BASE,
+        ("cameras.cam1.crop=[0, 9, 9, 0]",),
+        "cameras.cam1.crop",
+        "needs x1 < x2 and y1 < y2",
     ),
     ("negative fps", _with("cameras.0.fps", -5), (), "cameras[0].fps", "must be > 0"),
     ("zero fps", _with("cameras.1.fps", 0), (), "cameras[1].fps", "must be > 0"),

@@ -14,6 +14,7 @@ import pytest
 from pipeline.camera.crop import check_crop, check_crop_fits, crop_size
 from pipeline.camera.sources import ImageFolderSource, SourceError, VideoFileSource, open_source
 from pipeline.camera.tracklets import TrackletBuilder
+from pipeline.config import TrackletConfig
 from pipeline.transport.messages import Detections, Tracks
 from tests.conftest import shared_path
 
@@ -231,7 +232,7 @@ def test_tracklet_boxes_are_relative_to_the_cropped_view():
     them on the cropped frames), the stored boxes are in the cropped view's pixels, and its crops are the
     pixels of the original frame at those boxes shifted by the crop's origin."""
     gt = _gt(shared_path("data/pets09-splitview-dev/gt_right.txt"), 8)
-    builder = TrackletBuilder("right", min_length=4, max_crops=8)
+    builder = TrackletBuilder.from_config("right", TrackletConfig(min_length=4, max_crops=8), roi=None)
     with open_source("right", str(shared_path(VTEST)), crop=PETS_RIGHT, max_frames=8) as src:
         frames = list(src)
     closed = []

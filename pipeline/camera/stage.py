@@ -60,6 +60,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
                 open_timeout_s=cfg.live.open_timeout_s,
                 reconnect_initial_s=cfg.live.reconnect_initial_s,
                 reconnect_max_s=cfg.live.reconnect_max_s,
+                crop=c.crop,
             )
             opened.append(source)
             try:

@@ -35,6 +35,7 @@ from common.config_loader import (
     need,
     show,
 )
+from pipeline.camera.crop import check_crop
 from pipeline.camera.source_kind import SourceKind, source_kind
 
 __all__ = [
@@ -107,6 +108,10 @@ class CameraConfig(Section):
     ``start_time`` is the wall-clock time of the first frame (aware; naive means UTC); ``None`` means "from
     the file's metadata, else now". ``fps`` overrides the rate the source reports. ``roi`` is a polygon in
     pixel coordinates of the frame; detections outside it are ignored; ``None`` means the whole frame.
+    ``crop`` is ``[x1, y1, x2, y2]``, integer pixels of the source's (upright) frame with ``0 <= x1 < x2`` and
+    ``0 <= y1 < y2`` (x2, y2 exclusive): the camera sees only that rectangle, so one view can feed several
+    cameras; ``roi`` and every box are then in pixels of the cropped view. ``None`` means the whole frame.
+    Checked here by :func:`pipeline.camera.crop.check_crop`; whether it fits the frame, when the source opens.
     """
 
     override_key: ClassVar[str] = "id"
@@ -118,6 +123,7 @@ class CameraConfig(Section):
     start_time: dt.datetime | None = None
     fps: float | None = None
     roi: tuple[tuple[float, float], ...] | None = None
+    crop: tuple[int, int, int, int] | None = None
     enabled: bool = True
 
     @property
@@ -145,6 +151,11 @@ class CameraConfig(Section):
                 for i in range(len(pts))
             )
             need(twice_area != 0, "roi", "the polygon has zero area (points on one line?)")
+        if self.crop is not None:
+            try:
+                check_crop(self.crop)
+            except ValueError as err:
+                raise ConfigError(str(err), key="crop") from None
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
