@@ -267,7 +267,11 @@ def _restoring(store: Store) -> Callable[[], Matcher]:
     return lambda: _restore(store)
 
 
-WORKER_TIMING = {"window_s": build.DEFAULTS.window_s, "max_wait_s": build.DEFAULTS.max_wait_s}
+WORKER_TIMING = {
+    "window_s": build.DEFAULTS.window_s,
+    "max_wait_s": build.DEFAULTS.max_wait_s,
+    "group": build.DEFAULTS.group,
+}
 
 
 def _bounded(worker: Callable[..., int], timeout: float = WORKER_TIMEOUT_S, **kw) -> int:
@@ -299,7 +303,6 @@ def _run_matcher(queue: Queue, store, make: Callable[[], Matcher], stream: str, 
     # Batches of 3 by default: one camera of a _scene() per batch, so later cameras match earlier ones (a
     # batch is assigned against the gallery as it stood before the batch).
     kw = {
-        "group": "matcher",
         "consumer": "matcher-1",
         "block_ms": 100,
         "retry_s": 0.05,

@@ -72,7 +72,7 @@ def run_matcher_worker(
     make_matcher: Callable[[], Matcher],
     *,
     stream: str,
-    group: str = "matcher",
+    group: str,
     consumer: str = "matcher-1",
     batch_size: int = 32,
     block_ms: int = 500,
