@@ -44,6 +44,9 @@ TABLES = {
     "sightings",
     "embeddings",
     "match_progress",
+    "tracklet_pictures",
+    "tracklet_boxes",
+    "retired_identities",
 }
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
