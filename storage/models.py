@@ -248,7 +248,9 @@ class TrackletBoxesRow(Base):
 
     __tablename__ = "tracklet_boxes"
     __table_args__ = (
-        sa.CheckConstraint(f"num_boxes >= 0 AND length(boxes) = {BOX_RECORD_BYTES} * num_boxes", name="boxes"),
+        sa.CheckConstraint(
+            f"num_boxes >= 0 AND length(boxes) = {BOX_RECORD_BYTES} * num_boxes", name="boxes"
+        ),
     )
 
     tracklet_id: Mapped[int] = mapped_column(

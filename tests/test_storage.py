@@ -733,6 +733,9 @@ def test_counts(store, scene):
             "embeddings": 0,
             "identities": 3,
             "sightings": len(SCENE) - 1,
+            "tracklet_pictures": 0,
+            "tracklet_boxes": 0,
+            "retired_identities": 0,
         }
 
 
