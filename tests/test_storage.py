@@ -145,6 +145,11 @@ def scene(store) -> dict[str, int]:
             ids[name] = add(s, camera, track, start, end)
             if identity is not None:
                 assign(s, ids[name], identity, None if name.endswith("1") and camera == "A" else 0.8)
+            if identity == 1:  # the best crop and a worse one (not real JPEG data: only the marker)
+                pictures = [
+                    repo.Picture("crop", r, 0, 128, 256, b"\xff\xd8\xff" + name.encode()) for r in (0, 1)
+                ]
+                repo.add_pictures(s, ids[name], pictures)
         for camera, connected in (("A", True), ("B", False), ("C", True)):
             repo.update_camera_health(
                 s,
@@ -733,7 +738,7 @@ def test_counts(store, scene):
             "embeddings": 0,
             "identities": 3,
             "sightings": len(SCENE) - 1,
-            "tracklet_pictures": 0,
+            "tracklet_pictures": 6,
             "tracklet_boxes": 0,
             "retired_identities": 0,
         }
@@ -840,7 +845,7 @@ def doc_examples() -> dict[str, str]:
 
 def test_the_document_shows_exactly_the_tested_queries():
     assert doc_examples() == {name: sql.strip() for name, sql in queries.EXAMPLES.items()}
-    assert len(queries.EXAMPLES) == 6
+    assert len(queries.EXAMPLES) == 7
 
 
 # name -> (parameters, expected rows: the first column(s) the check compares)
@@ -854,6 +859,10 @@ DOC_RUNS = {
     "multi_camera_identities": ({"min_cameras": 2}, lambda ids: [(1, 3, 3), (2, 2, 2)]),
     "camera_outages": ({}, lambda ids: [("A",), ("B",)]),
     "cameras_down": ({}, lambda ids: [("B",)]),
+    "identity_pictures": (
+        {"identity_id": 1},
+        lambda ids: [(ids["A1"], "A"), (ids["B1"], "B"), (ids["C1"], "C")],
+    ),
 }
 
 
