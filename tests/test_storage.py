@@ -48,6 +48,7 @@ TABLES = {
     "tracklet_boxes",
     "retired_identities",
 }
+NEW_IN_0003 = {"tracklet_pictures", "tracklet_boxes", "retired_identities"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -201,6 +202,29 @@ def test_downgrade_to_base_and_upgrade_again(store, target):
     again = open_store(target.url, schema=target.schema)
     assert again.revision() == HEAD
     again.dispose()
+
+
+def test_downgrade_of_0003_keeps_the_older_rows(store, target, scene):
+    with store.session() as s:
+        repo.forget_identity(s, 3)
+        s.commit()
+    cfg = alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    store.dispose()
+    inspector = sa.inspect(store.engine)
+    assert set(inspector.get_table_names()) == TABLES - NEW_IN_0003 | {"alembic_version"}
+    assert "ix_tracklets_end_posix" not in {ix["name"] for ix in inspector.get_indexes("tracklets")}
+    assert count(store, TrackletRow) == len(SCENE) - 1 and count(store, SightingRow) == len(SCENE) - 2
+    again = open_store(target.url, schema=target.schema)
+    try:
+        assert again.revision() == HEAD
+        with again.session(readonly=True) as s:
+            assert repo.counts(s)["tracklets"] == len(SCENE) - 1
+            assert repo.counts(s)["tracklet_pictures"] == 0 and repo.counts(s)["retired_identities"] == 0
+    finally:
+        again.dispose()
 
 
 def test_models_match_the_migrations(store):
