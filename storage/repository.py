@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -870,7 +871,7 @@ def _tracklet_span(session: Session, tracklet_id: int, caller: str) -> tuple[int
     return int(row.first_frame), int(row.last_frame)
 
 
-def add_pictures(session: Session, tracklet_id: int, pictures: Any) -> int:
+def add_pictures(session: Session, tracklet_id: int, pictures: Iterable[Picture]) -> int:
     """Store ``pictures`` (an iterable of :class:`Picture`) of tracklet ``tracklet_id``; returns how many
     were new. Idempotent on ``(tracklet_id, kind, rank)``: a repeat keeps the first picture. Call it in the
     transaction that stores the tracklet's embedding, so that a crash never leaves pictures without it.
