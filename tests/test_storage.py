@@ -919,7 +919,7 @@ def test_document_outage_example_pairs_reconnections(store, scene):
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        *((f"storage.{m}", "pipeline") for m in ("db", "models", "queries", "repository")),
+        *((f"storage.{m}", "pipeline") for m in ("boxes", "db", "models", "queries", "repository")),
         *((f"pipeline.matching.{m}", "storage") for m in ("topology", "gallery", "matcher", "ordering")),
     ],
 )
