@@ -486,26 +486,43 @@ class IdentityRetiredError(LookupError):
         self.reason = reason
 
 
+def _raise_if_retired(session: Session, identity_id: int) -> None:
+    retired = RetiredIdentityRow.__table__
+    reason = session.execute(sa.select(retired.c.reason).where(retired.c.identity_id == identity_id)).scalar()
+    if reason is not None:
+        raise IdentityRetiredError(identity_id, reason)
+
+
 def ensure_identity(session: Session, identity_id: int, *, created_at: Instant) -> bool:
     """Create identity ``identity_id`` (chosen by the matcher, >= 0) if it does not exist. Returns True if it
     was created; an existing identity is left unchanged. Raises :class:`IdentityRetiredError` when the id
-    was forgotten or pruned (see :func:`forget_identity`)."""
+    was forgotten or pruned (see :func:`forget_identity`), also when that happens concurrently.
+
+    On PostgreSQL an existing identity is held (``FOR KEY SHARE``) until the caller's transaction ends, so a
+    concurrent :func:`forget_identity` or :func:`prune_before` either waits for it (and then deletes what
+    it added too) or has committed first, in which case this raises."""
     if isinstance(identity_id, bool) or int(identity_id) != identity_id or identity_id < 0:
         raise ValueError(f"identity_id: expected an integer >= 0, got {identity_id!r}")
-    retired = RetiredIdentityRow.__table__
-    reason = session.execute(
-        sa.select(retired.c.reason).where(retired.c.identity_id == int(identity_id))
-    ).scalar()
-    if reason is not None:
-        raise IdentityRetiredError(int(identity_id), reason)
+    identity_id = int(identity_id)
+    _raise_if_retired(session, identity_id)
     table = IdentityRow.__table__
     stmt = (
         _insert(session, table)
-        .values(id=int(identity_id), created_at=_utc(created_at, "created_at"))
+        .values(id=identity_id, created_at=_utc(created_at, "created_at"))
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(table.c.id)
     )
-    return session.execute(stmt).first() is not None
+    if session.execute(stmt).first() is not None:
+        # A forget that deleted the row while we waited to insert has committed its tombstone by now.
+        _raise_if_retired(session, identity_id)
+        return True
+    held = session.execute(
+        sa.select(table.c.id).where(table.c.id == identity_id).with_for_update(key_share=True)
+    ).first()
+    if held is None:  # deleted by a transaction that committed meanwhile
+        _raise_if_retired(session, identity_id)
+        raise LookupError(f"ensure_identity: identity {identity_id} was deleted meanwhile")
+    return False
 
 
 def add_sighting(

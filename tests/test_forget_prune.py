@@ -277,3 +277,34 @@ def test_prune_never_commits_and_checks_the_cutoff(store, world):
         with pytest.raises(ValueError, match="naive"):
             repo.prune_before(s, repo._utc(T0, "t").replace(tzinfo=None))
     assert table_counts(store) == before
+
+
+@pytest.mark.parametrize("identity_id", [1, 4])  # an identity being forgotten; a new id that no one has
+def test_a_matcher_waiting_for_a_forget_then_sees_the_tombstone(store, world, identity_id):
+    """The forget holds its locks (row lock on PostgreSQL, the write lock on SQLite); a matcher that wants
+    the forgotten identity meanwhile waits and then refuses it, and a new id is unaffected."""
+    forgetting = store.session()
+    f = forgetting.__enter__()
+    repo.forget_identity(f, 1)  # uncommitted
+    results, errors = [], []
+
+    def matcher():
+        try:
+            with store.session() as s:
+                results.append(repo.ensure_identity(s, identity_id, created_at=T0))
+                s.commit()
+        except Exception as e:  # asserted below: a thread cannot fail the test itself
+            errors.append(e)
+
+    thread = threading.Thread(target=matcher)
+    thread.start()
+    time.sleep(1.0)
+    waits = thread.is_alive()
+    f.commit()
+    forgetting.__exit__(None, None, None)
+    thread.join(timeout=60)
+    if identity_id == 1:
+        assert waits and results == [] and [type(e) for e in errors] == [repo.IdentityRetiredError]
+        assert leftovers(store, [], [1]) == {}
+    else:
+        assert (results, errors) == ([True], [])
