@@ -29,11 +29,22 @@ __all__ = [
     "IdentityRow",
     "SightingRow",
     "EmbeddingRow",
+    "TrackletPictureRow",
+    "TrackletBoxesRow",
+    "RetiredIdentityRow",
+    "PICTURE_KINDS",
+    "RETIRE_REASONS",
+    "BOX_RECORD_BYTES",
     "identity_timeline",
 ]
 
 # The values of camera_health_events.event.
 HEALTH_EVENTS = ("disconnected", "reconnected", "error")
+# The values of tracklet_pictures.kind and of retired_identities.reason.
+PICTURE_KINDS = ("crop", "attention")
+RETIRE_REASONS = ("forgotten", "pruned")
+# One record of tracklet_boxes.boxes: int32 frame offset + x1, y1, x2, y2 float32, little-endian.
+BOX_RECORD_BYTES = 20
 
 # Deterministic constraint names, so a later migration can drop or alter them by name on every database.
 NAMING_CONVENTION = {
@@ -135,6 +146,7 @@ class TrackletRow(Base):
         sa.CheckConstraint("num_frames >= 0 AND num_crops >= 0", name="counts"),
         sa.Index(None, "start_time"),
         sa.Index(None, "camera_id", "start_posix"),
+        sa.Index(None, "end_posix"),  # retention deletes by end time
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -204,6 +216,62 @@ class EmbeddingRow(Base):
     vector: Mapped[bytes]
     part_visibility: Mapped[bytes]
     created_at: Mapped[datetime] = _created_at()
+
+
+class TrackletPictureRow(Base):
+    """One JPEG picture of a tracklet: a best crop (``kind='crop'``, ``rank`` 0 = best) or the attention
+    picture (``kind='attention'``), taken from frame ``frame_index``, ``width`` x ``height`` pixels."""
+
+    __tablename__ = "tracklet_pictures"
+    __table_args__ = (
+        sa.CheckConstraint("kind IN ('crop', 'attention')", name="kind"),
+        sa.CheckConstraint(
+            "rank >= 0 AND frame_index >= 0 AND width > 0 AND height > 0 AND length(jpeg) > 0", name="values"
+        ),
+    )
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("tracklets.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    frame_index: Mapped[int] = mapped_column(sa.BigInteger)
+    width: Mapped[int]
+    height: Mapped[int]
+    jpeg: Mapped[bytes]
+    created_at: Mapped[datetime] = _created_at()
+
+
+class TrackletBoxesRow(Base):
+    """The per-frame boxes of a tracklet: ``num_boxes`` records of :data:`BOX_RECORD_BYTES` in ``boxes``
+    (int32 frame offset from ``tracklets.first_frame``, then x1, y1, x2, y2 float32; little-endian)."""
+
+    __tablename__ = "tracklet_boxes"
+    __table_args__ = (
+        sa.CheckConstraint(
+            f"num_boxes >= 0 AND length(boxes) = {BOX_RECORD_BYTES} * num_boxes", name="boxes"
+        ),
+    )
+
+    tracklet_id: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("tracklets.id", ondelete="CASCADE"), primary_key=True
+    )
+    num_boxes: Mapped[int]
+    boxes: Mapped[bytes]
+
+
+class RetiredIdentityRow(Base):
+    """An identity id that was forgotten or pruned: never handed out again. It holds no data of the person."""
+
+    __tablename__ = "retired_identities"
+    __table_args__ = (
+        sa.CheckConstraint("identity_id >= 0", name="identity_id"),
+        sa.CheckConstraint("reason IN ('forgotten', 'pruned')", name="reason"),
+    )
+
+    identity_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    reason: Mapped[str]
+    retired_at: Mapped[datetime]
 
 
 class MatchProgressRow(Base):

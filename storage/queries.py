@@ -20,6 +20,7 @@ __all__ = [
     "EXAMPLES",
     "IDENTITY_BETWEEN",
     "MULTI_CAMERA_IDENTITIES",
+    "IDENTITY_PICTURES",
     "PASSED_A_THEN_B",
 ]
 
@@ -92,6 +93,17 @@ FROM cameras
 WHERE NOT connected
 ORDER BY id"""
 
+# The best crop (rank 0) of every sighting of an identity.
+IDENTITY_PICTURES = """\
+SELECT p.tracklet_id, t.camera_id, t.start_time, p.frame_index, p.width, p.height, p.jpeg
+FROM tracklet_pictures p
+JOIN sightings s ON s.tracklet_id = p.tracklet_id
+JOIN tracklets t ON t.id = p.tracklet_id
+WHERE s.identity_id = :identity_id
+  AND p.kind = 'crop'
+  AND p.rank = 0
+ORDER BY t.start_posix, p.tracklet_id"""
+
 # name -> SQL, in the order the document shows them.
 EXAMPLES: dict[str, str] = {
     "identity_between": IDENTITY_BETWEEN,
@@ -100,4 +112,5 @@ EXAMPLES: dict[str, str] = {
     "multi_camera_identities": MULTI_CAMERA_IDENTITIES,
     "camera_outages": CAMERA_OUTAGES,
     "cameras_down": CAMERAS_DOWN,
+    "identity_pictures": IDENTITY_PICTURES,
 }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -26,40 +27,63 @@ from sqlalchemy.orm import Session
 
 from common.redact import redact_text, redact_url
 from storage import queries
+from storage.boxes import TrackBoxes, decode_boxes, encode_boxes
 from storage.db import StoreError
 from storage.models import (
     HEALTH_EVENTS,
+    PICTURE_KINDS,
+    Base,
     CameraRow,
     EmbeddingRow,
     HealthEventRow,
     IdentityRow,
     MatchProgressRow,
+    RetiredIdentityRow,
     SightingRow,
+    TrackletBoxesRow,
+    TrackletPictureRow,
     TrackletRow,
     UTCDateTime,
     identity_timeline,
 )
 
 __all__ = [
+    "CameraBoxes",
+    "ForgetReport",
     "GalleryEntry",
+    "IdentityRetiredError",
+    "Picture",
+    "PruneReport",
+    "StoredPicture",
     "IdentitySummary",
     "StreamProgress",
     "Instant",
     "Passage",
     "TimelineEntry",
     "TrackletLike",
+    "add_boxes",
     "add_embedding",
     "add_health_event",
+    "add_pictures",
     "add_sighting",
     "add_tracklet",
     "add_tracklet_from",
+    "boxes_of_camera",
+    "boxes_of_tracklet",
+    "camera_runs",
     "counts",
     "ensure_identity",
+    "forget_identity",
+    "is_retired",
     "list_identities",
     "load_gallery",
     "load_progress",
     "max_identity_id",
+    "mot_rows",
     "passed_a_then_b",
+    "pictures_of_identity",
+    "pictures_of_tracklet",
+    "prune_before",
     "save_progress",
     "sighting_of",
     "timeline",
@@ -450,19 +474,55 @@ def add_embedding(
 # Identities and sightings
 
 
+class IdentityRetiredError(LookupError):
+    """The identity id was forgotten or pruned (``retired_identities``): it is never used again.
+
+    A matcher that still holds the identity in its gallery raises this from :func:`ensure_identity`; it
+    should roll back, drop the identity (rebuild its gallery from SQL) and decide again."""
+
+    def __init__(self, identity_id: int, reason: str) -> None:
+        super().__init__(f"identity {identity_id} was {reason} and is never used again")
+        self.identity_id = identity_id
+        self.reason = reason
+
+
+def _raise_if_retired(session: Session, identity_id: int) -> None:
+    retired = RetiredIdentityRow.__table__
+    reason = session.execute(sa.select(retired.c.reason).where(retired.c.identity_id == identity_id)).scalar()
+    if reason is not None:
+        raise IdentityRetiredError(identity_id, reason)
+
+
 def ensure_identity(session: Session, identity_id: int, *, created_at: Instant) -> bool:
     """Create identity ``identity_id`` (chosen by the matcher, >= 0) if it does not exist. Returns True if it
-    was created; an existing identity is left unchanged."""
+    was created; an existing identity is left unchanged. Raises :class:`IdentityRetiredError` when the id
+    was forgotten or pruned (see :func:`forget_identity`), also when that happens concurrently.
+
+    On PostgreSQL an existing identity is held (``FOR KEY SHARE``) until the caller's transaction ends, so a
+    concurrent :func:`forget_identity` or :func:`prune_before` either waits for it (and then deletes what
+    it added too) or has committed first, in which case this raises."""
     if isinstance(identity_id, bool) or int(identity_id) != identity_id or identity_id < 0:
         raise ValueError(f"identity_id: expected an integer >= 0, got {identity_id!r}")
+    identity_id = int(identity_id)
+    _raise_if_retired(session, identity_id)
     table = IdentityRow.__table__
     stmt = (
         _insert(session, table)
-        .values(id=int(identity_id), created_at=_utc(created_at, "created_at"))
+        .values(id=identity_id, created_at=_utc(created_at, "created_at"))
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(table.c.id)
     )
-    return session.execute(stmt).first() is not None
+    if session.execute(stmt).first() is not None:
+        # A forget that deleted the row while we waited to insert has committed its tombstone by now.
+        _raise_if_retired(session, identity_id)
+        return True
+    held = session.execute(
+        sa.select(table.c.id).where(table.c.id == identity_id).with_for_update(key_share=True)
+    ).first()
+    if held is None:  # deleted by a transaction that committed meanwhile
+        _raise_if_retired(session, identity_id)
+        raise LookupError(f"ensure_identity: identity {identity_id} was deleted meanwhile")
+    return False
 
 
 def add_sighting(
@@ -544,10 +604,18 @@ def update_identity_stats(session: Session, identity_id: int) -> None:
 
 
 def max_identity_id(session: Session) -> int:
-    """The largest identity id stored, or 0 when there is none (so ``max_identity_id(s) + 1`` is free)."""
-    return int(
-        session.execute(sa.select(sa.func.coalesce(sa.func.max(IdentityRow.__table__.c.id), 0))).scalar_one()
-    )
+    """The largest identity id ever used: stored in ``identities`` or retired (forgotten or pruned, in
+    ``retired_identities``); 0 when there is none. So ``max_identity_id(s) + 1`` is free and was never
+    anybody's: a restarted matcher numbers its new identities from there."""
+    stored = sa.select(sa.func.max(IdentityRow.__table__.c.id)).scalar_subquery()
+    retired = sa.select(sa.func.max(RetiredIdentityRow.__table__.c.identity_id)).scalar_subquery()
+    row = session.execute(sa.select(sa.func.coalesce(stored, 0), sa.func.coalesce(retired, 0))).one()
+    return int(max(row))
+
+
+def is_retired(session: Session, identity_id: int) -> bool:
+    """Whether ``identity_id`` was forgotten or pruned (it is never used again)."""
+    return _exists(session, RetiredIdentityRow.__table__.c.identity_id, int(identity_id))
 
 
 def load_gallery(session: Session, model: str) -> list[GalleryEntry]:
@@ -623,12 +691,23 @@ def save_progress(session: Session, rows: list[StreamProgress], *, now: datetime
 # Queries (the CLI's questions)
 
 
-_COUNTED = (CameraRow, HealthEventRow, TrackletRow, EmbeddingRow, IdentityRow, SightingRow)
+_COUNTED = (
+    CameraRow,
+    HealthEventRow,
+    TrackletRow,
+    EmbeddingRow,
+    IdentityRow,
+    SightingRow,
+    TrackletPictureRow,
+    TrackletBoxesRow,
+    RetiredIdentityRow,
+)
 
 
 def counts(session: Session) -> dict[str, int]:
     """Rows per table, keyed by table name (``cameras``, ``camera_health_events``, ``tracklets``,
-    ``embeddings``, ``identities``, ``sightings``)."""
+    ``embeddings``, ``identities``, ``sightings``, ``tracklet_pictures``, ``tracklet_boxes``,
+    ``retired_identities``)."""
     return {
         row.__tablename__: int(session.execute(sa.select(sa.func.count()).select_from(row)).scalar_one())
         for row in _COUNTED
@@ -734,3 +813,521 @@ def passed_a_then_b(session: Session, camera_a: str, camera_b: str, within_s: fl
         _PASSED_A_THEN_B, {"camera_a": camera_a, "camera_b": camera_b, "within_s": float(within_s)}
     )
     return [Passage(**r._asdict()) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pictures and per-frame boxes of tracklets
+
+_JPEG_SOI = b"\xff\xd8\xff"  # every JPEG file starts with these bytes
+_CHUNK = 500  # ids per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One JPEG picture of a tracklet, as :func:`add_pictures` stores it.
+
+    ``kind``: ``'crop'`` (one of its best crops, ``rank`` 0 = the best) or ``'attention'`` (a crop with the
+    attention parts' heatmaps drawn over it, normally one, rank 0). ``frame_index``: the frame it was cropped
+    from (0-based per camera worker run, like ``tracklets.first_frame``); ``width`` x ``height``: the
+    picture's size in pixels; ``jpeg``: the encoded file (it must start with the JPEG marker ``FF D8 FF``).
+    Raises ``ValueError`` naming the field on construction.
+    """
+
+    kind: str
+    rank: int
+    frame_index: int
+    width: int
+    height: int
+    jpeg: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PICTURE_KINDS:
+            raise ValueError(f"Picture.kind: expected one of {PICTURE_KINDS}, got {self.kind!r}")
+        for name, low in (("rank", 0), ("frame_index", 0), ("width", 1), ("height", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise ValueError(f"Picture.{name}: expected an int >= {low}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        if not isinstance(self.jpeg, bytes | bytearray | memoryview) or not bytes(self.jpeg[:3]) == _JPEG_SOI:
+            raise ValueError("Picture.jpeg: expected the bytes of a JPEG file (starting with FF D8 FF)")
+        object.__setattr__(self, "jpeg", bytes(self.jpeg))
+
+
+@dataclass(frozen=True)
+class StoredPicture:
+    """A stored picture with its tracklet, camera and identity (None when the tracklet has no sighting)."""
+
+    tracklet_id: int
+    identity_id: int | None
+    camera_id: str
+    kind: str
+    rank: int
+    frame_index: int
+    width: int
+    height: int
+    jpeg: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CameraBoxes:
+    """The per-frame boxes of one tracklet of a camera, with its identity (None: no sighting yet)."""
+
+    tracklet_id: int
+    identity_id: int | None
+    session_key: str
+    track_id: int
+    chunk: int
+    track: TrackBoxes
+
+
+def _tracklet_span(session: Session, tracklet_id: int, caller: str) -> tuple[int, int]:
+    t = TrackletRow.__table__
+    row = session.execute(sa.select(t.c.first_frame, t.c.last_frame).where(t.c.id == tracklet_id)).first()
+    if row is None:
+        raise LookupError(f"{caller}: no tracklet with id {tracklet_id}")
+    return int(row.first_frame), int(row.last_frame)
+
+
+def add_pictures(session: Session, tracklet_id: int, pictures: Iterable[Picture]) -> int:
+    """Store ``pictures`` (an iterable of :class:`Picture`) of tracklet ``tracklet_id``; returns how many
+    were new. Idempotent on ``(tracklet_id, kind, rank)``: a repeat keeps the first picture. Call it in the
+    transaction that stores the tracklet's embedding, so that a crash never leaves pictures without it.
+    Raises ``LookupError`` for an unknown tracklet, ``ValueError`` when two pictures share a kind and rank."""
+    pics = list(pictures)
+    for p in pics:
+        if not isinstance(p, Picture):
+            raise TypeError(f"add_pictures: expected Picture items, got {type(p).__name__}")
+    keys = [(p.kind, p.rank) for p in pics]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"add_pictures: (kind, rank) repeated in {sorted(keys)}")
+    _tracklet_span(session, tracklet_id, "add_pictures")
+    if not pics:
+        return 0
+    table = TrackletPictureRow.__table__
+    stmt = (
+        _insert(session, table)
+        .values(
+            [
+                {
+                    "tracklet_id": int(tracklet_id),
+                    "kind": p.kind,
+                    "rank": p.rank,
+                    "frame_index": p.frame_index,
+                    "width": p.width,
+                    "height": p.height,
+                    "jpeg": p.jpeg,
+                }
+                for p in pics
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["tracklet_id", "kind", "rank"])
+        .returning(table.c.rank)
+    )
+    return len(session.execute(stmt).all())
+
+
+def _pictures(
+    session: Session, where: list[Any], kind: str | None, max_rank: int | None
+) -> list[StoredPicture]:
+    p, t, s = TrackletPictureRow.__table__, TrackletRow.__table__, SightingRow.__table__
+    if kind is not None and kind not in PICTURE_KINDS:
+        raise ValueError(f"kind: expected one of {PICTURE_KINDS} or None, got {kind!r}")
+    stmt = (
+        sa.select(
+            p.c.tracklet_id,
+            s.c.identity_id,
+            t.c.camera_id,
+            p.c.kind,
+            p.c.rank,
+            p.c.frame_index,
+            p.c.width,
+            p.c.height,
+            p.c.jpeg,
+        )
+        .select_from(p.join(t, t.c.id == p.c.tracklet_id).outerjoin(s, s.c.tracklet_id == p.c.tracklet_id))
+        .where(*where)
+    )
+    if kind is not None:
+        stmt = stmt.where(p.c.kind == kind)
+    if max_rank is not None:
+        stmt = stmt.where(p.c.rank <= int(max_rank))
+    rows = session.execute(stmt.order_by(t.c.start_posix, p.c.tracklet_id, p.c.kind.desc(), p.c.rank))
+    return [
+        StoredPicture(
+            tracklet_id=int(r.tracklet_id),
+            identity_id=None if r.identity_id is None else int(r.identity_id),
+            camera_id=r.camera_id,
+            kind=r.kind,
+            rank=int(r.rank),
+            frame_index=int(r.frame_index),
+            width=int(r.width),
+            height=int(r.height),
+            jpeg=bytes(r.jpeg),
+        )
+        for r in rows
+    ]
+
+
+def pictures_of_tracklet(
+    session: Session, tracklet_id: int, *, kind: str | None = None
+) -> list[StoredPicture]:
+    """The pictures of tracklet ``tracklet_id`` (only ``kind`` ones if given): crops by rank, then the
+    attention picture. Empty for a tracklet without pictures or an unknown id."""
+    return _pictures(session, [TrackletPictureRow.__table__.c.tracklet_id == tracklet_id], kind, None)
+
+
+def pictures_of_identity(
+    session: Session, identity_id: int, *, kind: str | None = None, max_rank: int | None = None
+) -> list[StoredPicture]:
+    """The pictures of every tracklet of identity ``identity_id``, by tracklet start time, then tracklet id,
+    crops by rank, then the attention picture. ``kind`` keeps one kind; ``max_rank`` keeps ranks up to it
+    (``max_rank=0``: the best crop and the attention picture of each tracklet). Empty for an unknown id."""
+    return _pictures(session, [SightingRow.__table__.c.identity_id == identity_id], kind, max_rank)
+
+
+def add_boxes(session: Session, tracklet_id: int, track: TrackBoxes) -> bool:
+    """Store the per-frame boxes ``track`` of tracklet ``tracklet_id`` (``tracklet_boxes``, the layout of
+    :mod:`storage.boxes`). Idempotent on the tracklet: a repeat keeps the first boxes. Returns True if they
+    were new. Raises ``LookupError`` for an unknown tracklet and ``ValueError`` when a frame lies outside the
+    tracklet's ``first_frame..last_frame``."""
+    if not isinstance(track, TrackBoxes):
+        raise TypeError(f"add_boxes: expected TrackBoxes, got {type(track).__name__}")
+    first, last = _tracklet_span(session, tracklet_id, "add_boxes")
+    if len(track) and (track.frames[0] < first or track.frames[-1] > last):
+        raise ValueError(
+            f"add_boxes: frames {int(track.frames[0])}..{int(track.frames[-1])} outside tracklet "
+            f"{tracklet_id}'s frames {first}..{last}"
+        )
+    table = TrackletBoxesRow.__table__
+    stmt = (
+        _insert(session, table)
+        .values(
+            tracklet_id=int(tracklet_id), num_boxes=len(track), boxes=encode_boxes(track, first_frame=first)
+        )
+        .on_conflict_do_nothing(index_elements=["tracklet_id"])
+        .returning(table.c.tracklet_id)
+    )
+    return session.execute(stmt).first() is not None
+
+
+def boxes_of_tracklet(session: Session, tracklet_id: int) -> TrackBoxes | None:
+    """The per-frame boxes of tracklet ``tracklet_id``, or None when none were stored (or no such id)."""
+    b, t = TrackletBoxesRow.__table__, TrackletRow.__table__
+    row = session.execute(
+        sa.select(b.c.boxes, t.c.first_frame)
+        .select_from(b.join(t, t.c.id == b.c.tracklet_id))
+        .where(b.c.tracklet_id == tracklet_id)
+    ).first()
+    return None if row is None else decode_boxes(bytes(row.boxes), first_frame=int(row.first_frame))
+
+
+def camera_runs(session: Session, camera_id: str) -> list[str]:
+    """The ``session_key`` of every camera worker run with tracklets in ``camera_id``, earliest first."""
+    t = TrackletRow.__table__
+    first = sa.func.min(t.c.start_posix)
+    rows = session.execute(
+        sa.select(t.c.session_key, first)
+        .where(t.c.camera_id == camera_id)
+        .group_by(t.c.session_key)
+        .order_by(first, t.c.session_key)
+    )
+    return [r.session_key for r in rows]
+
+
+def boxes_of_camera(
+    session: Session,
+    camera_id: str,
+    *,
+    session_key: str | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
+    frames: tuple[int, int] | None = None,
+    assigned_only: bool = False,
+) -> list[CameraBoxes]:
+    """The per-frame boxes of the tracklets of ``camera_id`` that have stored boxes, with their identity,
+    by start time then tracklet id.
+
+    ``session_key``: only that camera worker run. ``since``/``until``: only tracklets whose interval
+    overlaps ``[since, until]`` (whole tracklets: per-frame times are not stored). ``frames=(lo, hi)``: only
+    the boxes of frames ``lo..hi`` (inclusive; frame indices count per run, so give ``session_key`` too
+    when the camera had several runs); tracklets with no box left are dropped. ``assigned_only``: only
+    tracklets with a sighting. Raises ``ValueError`` for a reversed window or frame range.
+    """
+    b, t, s = TrackletBoxesRow.__table__, TrackletRow.__table__, SightingRow.__table__
+    stmt = (
+        sa.select(
+            t.c.id, s.c.identity_id, t.c.session_key, t.c.track_id, t.c.chunk, t.c.first_frame, b.c.boxes
+        )
+        .select_from(b.join(t, t.c.id == b.c.tracklet_id).outerjoin(s, s.c.tracklet_id == t.c.id))
+        .where(t.c.camera_id == camera_id)
+    )
+    if session_key is not None:
+        stmt = stmt.where(t.c.session_key == session_key)
+    lo = None if since is None else _posix(since, "since")
+    hi = None if until is None else _posix(until, "until")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"boxes_of_camera: since {lo} is after until {hi}")
+    if lo is not None:
+        stmt = stmt.where(t.c.end_posix >= lo)
+    if hi is not None:
+        stmt = stmt.where(t.c.start_posix <= hi)
+    if frames is not None:
+        f_lo, f_hi = int(frames[0]), int(frames[1])
+        if f_lo > f_hi:
+            raise ValueError(f"boxes_of_camera: frames {f_lo}..{f_hi} reversed")
+        stmt = stmt.where(t.c.last_frame >= f_lo, t.c.first_frame <= f_hi)
+    if assigned_only:
+        stmt = stmt.where(s.c.identity_id.is_not(None))
+    out: list[CameraBoxes] = []
+    for r in session.execute(stmt.order_by(t.c.start_posix, t.c.id)):
+        track = decode_boxes(bytes(r.boxes), first_frame=int(r.first_frame))
+        if frames is not None:
+            keep = (track.frames >= f_lo) & (track.frames <= f_hi)
+            if not keep.any():
+                continue
+            track = TrackBoxes(track.frames[keep], track.boxes[keep])
+        out.append(
+            CameraBoxes(
+                tracklet_id=int(r.id),
+                identity_id=None if r.identity_id is None else int(r.identity_id),
+                session_key=r.session_key,
+                track_id=int(r.track_id),
+                chunk=int(r.chunk),
+                track=track,
+            )
+        )
+    return out
+
+
+MOT_COLUMNS = 10
+
+
+def mot_rows(session: Session, camera_id: str, session_key: str | None = None) -> np.ndarray:
+    """MOTChallenge rows of ``camera_id`` whose ids are global identities: (N, 10) float64
+    ``frame, identity, x, y, w, h, conf, -1, -1, -1`` with **1-based** frames (stored index + 1), top-left
+    ``xywh`` pixel boxes and ``conf`` 1 (per-frame scores are not stored), sorted by frame then identity:
+    what ``pipeline.camera.mot_io.write_mot(path, rows)`` writes. Only tracklets with a sighting and stored
+    boxes appear. Empty (0, 10) for a camera without any.
+
+    Frame indices restart with every camera worker run, so one file holds one run: ``session_key=None``
+    takes the camera's only run and raises ``ValueError`` naming them when it had several (see
+    :func:`camera_runs`; export one file per run).
+    """
+    if session_key is None:
+        runs = camera_runs(session, camera_id)
+        if len(runs) > 1:
+            raise ValueError(
+                f"mot_rows: camera {camera_id!r} has {len(runs)} runs {runs}; pass session_key (frames restart per run)"
+            )
+        if not runs:
+            return np.zeros((0, MOT_COLUMNS), np.float64)
+        session_key = runs[0]
+    parts = [
+        (c.identity_id, c.track)
+        for c in boxes_of_camera(session, camera_id, session_key=session_key, assigned_only=True)
+    ]
+    n = sum(len(track) for _, track in parts)
+    rows = np.full((n, MOT_COLUMNS), -1.0, np.float64)
+    i = 0
+    for identity_id, track in parts:
+        j = i + len(track)
+        b = track.boxes.astype(np.float64)
+        rows[i:j, 0] = track.frames + 1
+        rows[i:j, 1] = identity_id
+        rows[i:j, 2:4] = b[:, 0:2]
+        rows[i:j, 4:6] = b[:, 2:4] - b[:, 0:2]
+        rows[i:j, 6] = 1.0
+        i = j
+    return rows[np.lexsort((rows[:, 1], rows[:, 0]))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forgetting a person and retention
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """What :func:`forget_identity` deleted: the identity, its tracklets (drop them and the identity from a
+    running matcher's gallery) and the rows deleted per table (``deleted``, table name -> rows).
+    ``already_retired``: the id had been forgotten or pruned before; nothing was left to delete."""
+
+    identity_id: int
+    tracklet_ids: tuple[int, ...]
+    deleted: dict[str, int]
+    already_retired: bool = False
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune_before` deleted: every tracklet that ended before ``cutoff`` (with its rows in every
+    table), ``identity_ids`` the identities left without any sighting (deleted and retired), and
+    ``updated_identity_ids`` those that lost some tracklets but keep others (statistics refreshed). A running
+    matcher drops ``tracklet_ids`` and ``identity_ids`` from its gallery. ``deleted``: rows per table."""
+
+    cutoff: datetime
+    tracklet_ids: tuple[int, ...]
+    identity_ids: tuple[int, ...]
+    updated_identity_ids: tuple[int, ...]
+    deleted: dict[str, int]
+
+
+def _referencing(column: sa.Column) -> list[sa.Column]:
+    """Every column of the schema with a foreign key to ``column``, children first. Read from the metadata,
+    so a table added later is deleted with what it refers to without changing this module."""
+    found = [
+        fk.parent
+        for table in reversed(Base.metadata.sorted_tables)
+        for fk in table.foreign_keys
+        if fk.column is column
+    ]
+    return found
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+
+
+def _delete_where_in(session: Session, column: sa.Column, ids: list[int], deleted: dict[str, int]) -> None:
+    for part in _chunks(ids):
+        n = session.execute(sa.delete(column.table).where(column.in_(part))).rowcount
+        deleted[column.table.name] = deleted.get(column.table.name, 0) + max(int(n or 0), 0)
+
+
+def _delete_tracklets(session: Session, ids: list[int], deleted: dict[str, int]) -> None:
+    """Delete tracklets ``ids`` and every row that refers to them (embeddings, sightings, pictures, boxes,
+    and whatever a later table adds). The cascades would do it too; deleting explicitly counts the rows and
+    does not depend on SQLite's ``foreign_keys`` pragma."""
+    tracklet_id = TrackletRow.__table__.c.id
+    for column in _referencing(tracklet_id):
+        _delete_where_in(session, column, ids, deleted)
+    _delete_where_in(session, tracklet_id, ids, deleted)
+
+
+def _delete_identities(
+    session: Session, ids: list[int], reason: str, now: datetime, deleted: dict[str, int]
+) -> None:
+    """Delete identities ``ids`` (and any row still referring to them) and retire their ids."""
+    identity_id = IdentityRow.__table__.c.id
+    for column in _referencing(identity_id):
+        _delete_where_in(session, column, ids, deleted)
+    _delete_where_in(session, identity_id, ids, deleted)
+    retired = RetiredIdentityRow.__table__
+    for part in _chunks(ids):
+        session.execute(
+            _insert(session, retired)
+            .values([{"identity_id": i, "reason": reason, "retired_at": now} for i in part])
+            .on_conflict_do_nothing(index_elements=["identity_id"])
+        )
+
+
+def _lock_identities(session: Session, ids: list[int]) -> list[int]:
+    """Lock the rows of identities ``ids`` against a concurrent matcher (PostgreSQL ``FOR UPDATE``, in id
+    order; SQLite already serialises writers) and return those that exist."""
+    identities = IdentityRow.__table__
+    found: list[int] = []
+    for part in _chunks(sorted(ids)):
+        found += [
+            int(i)
+            for i in session.execute(
+                sa.select(identities.c.id)
+                .where(identities.c.id.in_(part))
+                .order_by(identities.c.id)
+                .with_for_update()
+            ).scalars()
+        ]
+    return found
+
+
+def forget_identity(session: Session, identity_id: int, *, now: Instant | None = None) -> ForgetReport:
+    """Delete every row of identity ``identity_id``: its sightings, its tracklets with their embeddings,
+    pictures and boxes (every table that refers to a tracklet), and the identity itself; then retire the id
+    (``retired_identities``, reason ``'forgotten'``, at ``now``, default the current time) so that it is
+    never handed out again (:func:`max_identity_id` counts it, :func:`ensure_identity` refuses it).
+
+    Idempotent: forgetting a retired id deletes nothing and says ``already_retired``. Raises
+    ``LookupError`` for an id that never existed. On PostgreSQL the identity row is locked first, so a
+    matcher adding a sighting to it at the same time either commits before (and its tracklet is deleted
+    too) or fails afterwards. Never commits.
+    """
+    if isinstance(identity_id, bool) or int(identity_id) != identity_id or identity_id < 0:
+        raise ValueError(f"identity_id: expected an integer >= 0, got {identity_id!r}")
+    identity_id = int(identity_id)
+    when = datetime.now(UTC) if now is None else _utc(now, "now")
+    if not _lock_identities(session, [identity_id]):
+        if is_retired(session, identity_id):
+            return ForgetReport(identity_id, (), {}, already_retired=True)
+        raise LookupError(f"forget_identity: no identity with id {identity_id}")
+    s = SightingRow.__table__
+    tracklet_ids = [
+        int(t)
+        for t in session.execute(
+            sa.select(s.c.tracklet_id).where(s.c.identity_id == identity_id).order_by(s.c.tracklet_id)
+        ).scalars()
+    ]
+    deleted: dict[str, int] = {}
+    _delete_tracklets(session, tracklet_ids, deleted)
+    _delete_identities(session, [identity_id], "forgotten", when, deleted)
+    log.info("forgot identity %d: %s", identity_id, deleted)
+    return ForgetReport(identity_id, tuple(tracklet_ids), deleted)
+
+
+def prune_before(session: Session, cutoff: Instant, *, now: Instant | None = None) -> PruneReport:
+    """Retention: delete every tracklet that ended before ``cutoff`` (``end_time < cutoff``, assigned or
+    not) with every row that refers to it (embeddings, sightings, pictures, boxes), then every identity left
+    without a sighting, whose id is retired (reason ``'pruned'``, at ``now``, default the current time) so
+    it is never reused. Identities that keep some sightings get their statistics refreshed. Cameras, their
+    health history and ``match_progress`` hold no person data and are kept. Never commits.
+    """
+    limit = _posix(cutoff, "cutoff")
+    when = datetime.now(UTC) if now is None else _utc(now, "now")
+    t, s, i = TrackletRow.__table__, SightingRow.__table__, IdentityRow.__table__
+    tracklet_ids = [
+        int(x)
+        for x in session.execute(sa.select(t.c.id).where(t.c.end_posix < limit).order_by(t.c.id)).scalars()
+    ]
+    touched: set[int] = set()
+    for part in _chunks(tracklet_ids):
+        touched.update(
+            int(x)
+            for x in session.execute(
+                sa.select(s.c.identity_id).where(s.c.tracklet_id.in_(part)).distinct()
+            ).scalars()
+        )
+    # identities without any sighting at all (none should exist, but they are no one's any more either)
+    touched.update(
+        int(x)
+        for x in session.execute(
+            sa.select(i.c.id).where(~sa.exists().where(s.c.identity_id == i.c.id))
+        ).scalars()
+    )
+    deleted: dict[str, int] = {}
+    _delete_tracklets(session, tracklet_ids, deleted)
+    # Lock, then look: a sighting a concurrent matcher committed meanwhile keeps its identity alive.
+    candidates = _lock_identities(session, sorted(touched))
+    alive: set[int] = set()
+    for part in _chunks(candidates):
+        alive.update(
+            int(x)
+            for x in session.execute(
+                sa.select(s.c.identity_id).where(s.c.identity_id.in_(part)).distinct()
+            ).scalars()
+        )
+    gone = sorted(set(candidates) - alive)
+    _delete_identities(session, gone, "pruned", when, deleted)
+    for identity_id in sorted(alive):
+        update_identity_stats(session, identity_id)
+    if tracklet_ids or gone:
+        log.info(
+            "pruned %d tracklet(s) that ended before %s and %d identit(ies): %s",
+            len(tracklet_ids),
+            _utc(limit, "cutoff").isoformat(),
+            len(gone),
+            deleted,
+        )
+    return PruneReport(
+        cutoff=_utc(limit, "cutoff"),
+        tracklet_ids=tuple(tracklet_ids),
+        identity_ids=tuple(gone),
+        updated_identity_ids=tuple(sorted(alive)),
+        deleted=deleted,
+    )

@@ -44,7 +44,11 @@ TABLES = {
     "sightings",
     "embeddings",
     "match_progress",
+    "tracklet_pictures",
+    "tracklet_boxes",
+    "retired_identities",
 }
+NEW_IN_0003 = {"tracklet_pictures", "tracklet_boxes", "retired_identities"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -142,6 +146,11 @@ def scene(store) -> dict[str, int]:
             ids[name] = add(s, camera, track, start, end)
             if identity is not None:
                 assign(s, ids[name], identity, None if name.endswith("1") and camera == "A" else 0.8)
+            if identity == 1:  # the best crop and a worse one (not real JPEG data: only the marker)
+                pictures = [
+                    repo.Picture("crop", r, 0, 128, 256, b"\xff\xd8\xff" + name.encode()) for r in (0, 1)
+                ]
+                repo.add_pictures(s, ids[name], pictures)
         for camera, connected in (("A", True), ("B", False), ("C", True)):
             repo.update_camera_health(
                 s,
@@ -193,6 +202,29 @@ def test_downgrade_to_base_and_upgrade_again(store, target):
     again = open_store(target.url, schema=target.schema)
     assert again.revision() == HEAD
     again.dispose()
+
+
+def test_downgrade_of_0003_keeps_the_older_rows(store, target, scene):
+    with store.session() as s:
+        repo.forget_identity(s, 3)
+        s.commit()
+    cfg = alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    store.dispose()
+    inspector = sa.inspect(store.engine)
+    assert set(inspector.get_table_names()) == TABLES - NEW_IN_0003 | {"alembic_version"}
+    assert "ix_tracklets_end_posix" not in {ix["name"] for ix in inspector.get_indexes("tracklets")}
+    assert count(store, TrackletRow) == len(SCENE) - 1 and count(store, SightingRow) == len(SCENE) - 2
+    again = open_store(target.url, schema=target.schema)
+    try:
+        assert again.revision() == HEAD
+        with again.session(readonly=True) as s:
+            assert repo.counts(s)["tracklets"] == len(SCENE) - 1
+            assert repo.counts(s)["tracklet_pictures"] == 0 and repo.counts(s)["retired_identities"] == 0
+    finally:
+        again.dispose()
 
 
 def test_models_match_the_migrations(store):
@@ -730,6 +762,9 @@ def test_counts(store, scene):
             "embeddings": 0,
             "identities": 3,
             "sightings": len(SCENE) - 1,
+            "tracklet_pictures": 6,
+            "tracklet_boxes": 0,
+            "retired_identities": 0,
         }
 
 
@@ -834,7 +869,7 @@ def doc_examples() -> dict[str, str]:
 
 def test_the_document_shows_exactly_the_tested_queries():
     assert doc_examples() == {name: sql.strip() for name, sql in queries.EXAMPLES.items()}
-    assert len(queries.EXAMPLES) == 6
+    assert len(queries.EXAMPLES) == 7
 
 
 # name -> (parameters, expected rows: the first column(s) the check compares)
@@ -848,6 +883,10 @@ DOC_RUNS = {
     "multi_camera_identities": ({"min_cameras": 2}, lambda ids: [(1, 3, 3), (2, 2, 2)]),
     "camera_outages": ({}, lambda ids: [("A",), ("B",)]),
     "cameras_down": ({}, lambda ids: [("B",)]),
+    "identity_pictures": (
+        {"identity_id": 1},
+        lambda ids: [(ids["A1"], "A"), (ids["B1"], "B"), (ids["C1"], "C")],
+    ),
 }
 
 
@@ -880,7 +919,7 @@ def test_document_outage_example_pairs_reconnections(store, scene):
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        *((f"storage.{m}", "pipeline") for m in ("db", "models", "queries", "repository")),
+        *((f"storage.{m}", "pipeline") for m in ("boxes", "db", "models", "queries", "repository")),
         *((f"pipeline.matching.{m}", "storage") for m in ("topology", "gallery", "matcher", "ordering")),
     ],
 )

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding, TrackletPicture
 from pipeline.transport.wire import (
     WIRE_VERSION,
     Envelope,
@@ -378,3 +378,109 @@ def test_matcher_input_round_trips_in_an_envelope(message: Progress | TrackletEm
 def test_matcher_input_refuses_a_tracklet() -> None:
     with pytest.raises(WireError, match="type: expected 'embedding' or 'progress', got 'tracklet'"):
         decode_matcher_input(encode_tracklet(make_tracklet(1), session="s"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-frame boxes and pictures (optional fields, for the store)
+
+
+def make_pictures(crops: int = 3) -> tuple[TrackletPicture, ...]:
+    pics = [TrackletPicture("crop", r, 5 + r, 16, 32, _jpeg(32, 16)) for r in range(crops)]
+    return (*pics, TrackletPicture("attention", 0, 5, 16, 32, _jpeg(32, 16)))
+
+
+def with_track(m, n: int = 5):
+    frames = np.arange(m.first_frame, m.first_frame + n)
+    boxes = np.random.default_rng(n).uniform(0, 500, (n, 4)).astype(np.float32)
+    return replace(m, track_frames=frames, track_boxes=boxes)
+
+
+@pytest.mark.parametrize(("boxes", "pictures"), [(0, 0), (1, 0), (5, 3), (0, 1)])
+def test_embedding_with_track_and_pictures_round_trips_exactly(boxes: int, pictures: int) -> None:
+    e = replace(with_track(make_embedding(), boxes), pictures=make_pictures(pictures) if pictures else ())
+    back = decode_embedding(encode_embedding(e, session="s")).message
+    assert back.track_frames.dtype == np.int64 and back.track_frames.tolist() == e.track_frames.tolist()
+    assert back.track_boxes.dtype == np.float32 and back.track_boxes.tobytes() == e.track_boxes.tobytes()
+    assert back.pictures == e.pictures  # the JPEG bytes too
+
+
+def test_tracklet_with_track_round_trips_exactly() -> None:
+    t = with_track(make_tracklet(2, h=32, w=16), 11)
+    back = decode_tracklet(encode_tracklet(t, session="s")).message
+    assert back.track_frames.tolist() == t.track_frames.tolist()
+    assert back.track_boxes.tobytes() == t.track_boxes.tobytes()
+
+
+def test_messages_without_the_new_fields_still_decode() -> None:
+    """What an older producer sends (no track_frames, track_boxes, pictures) decodes with them empty, and
+    a producer that has none sends exactly the bytes it sent before."""
+    old = _embedding_msg()
+    assert not {"track_frames", "track_boxes", "pictures"} & set(old)
+    e = decode_embedding(msgpack.packb(old, use_bin_type=True)).message
+    assert e.track_frames.shape == (0,) and e.track_boxes.shape == (0, 4) and e.pictures == ()
+    t = decode_tracklet(_good_tracklet()).message
+    assert t.track_frames.shape == (0,) and t.track_boxes.shape == (0, 4)
+
+
+def _embedding_with_extras() -> dict[str, Any]:
+    e = replace(with_track(make_embedding(8, 3)), pictures=make_pictures(1))
+    return msgpack.unpackb(encode_embedding(e, session="s"), raw=False)
+
+
+def _set_picture(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(msg: dict[str, Any]) -> None:
+        msg["pictures"][0][key] = value
+
+    return change
+
+
+EXTRAS_BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+    ("boxes without frames", lambda m: m.pop("track_frames"), "track_boxes: sent without"),
+    (
+        "frames outside the span",
+        _set_in("track_frames", "data", np.arange(50, 55, dtype="<i8").tobytes()),
+        "within",
+    ),
+    (
+        "frames repeated",
+        _set_in("track_frames", "data", np.array([5, 5, 6, 7, 8], "<i8").tobytes()),
+        "increasing",
+    ),
+    ("pictures not a list", _set("pictures", {"a": 1}), "pictures: expected a list"),
+    ("too many pictures", lambda m: m.__setitem__("pictures", m["pictures"] * 65), "at most 64"),
+    ("picture not a map", _set("pictures", [3]), "pictures[0]: expected a map"),
+    ("unknown kind", _set_picture("kind", "thumbnail"), "kind"),
+    ("rank negative", _set_picture("rank", -1), "rank"),
+    ("rank missing", lambda m: m["pictures"][0].pop("rank"), "rank: missing"),
+    ("jpeg truncated", _set_picture("jpeg", _jpeg(32, 16)[:-10]), "not a complete JPEG"),
+    ("jpeg not bytes", _set_picture("jpeg", "x"), "jpeg"),
+    ("size mismatch", _set_picture("width", 17), "JPEG header says (32, 16)"),
+    ("huge", _set_picture("width", 5000), "exceeds"),
+    ("repeated rank", lambda m: m["pictures"].append(dict(m["pictures"][0])), "repeated"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"), [(c, r) for _, c, r in EXTRAS_BAD], ids=[n for n, _, _ in EXTRAS_BAD]
+)
+def test_decode_embedding_rejects_bad_track_or_pictures(change, reason: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode_embedding(_mutate(_embedding_with_extras, change))
+    assert reason in str(info.value)
+    assert len(str(info.value)) <= 240
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"kind": "thumb"}, "kind"),
+        ({"rank": -1}, "rank"),
+        ({"width": 0}, "width"),
+        ({"jpeg": b"\xff\xd8\xff"}, "complete JPEG"),
+        ({"jpeg": bytearray(_jpeg(32, 16))}, "complete JPEG"),
+    ],
+)
+def test_tracklet_picture_validates(fields: dict[str, Any], error: str) -> None:
+    base = {"kind": "crop", "rank": 0, "frame_index": 0, "width": 16, "height": 32, "jpeg": _jpeg(32, 16)}
+    with pytest.raises(ValueError, match=error):
+        TrackletPicture(**{**base, **fields})

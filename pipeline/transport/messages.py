@@ -14,7 +14,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Frame", "Detections", "Tracks", "Tracklet", "TrackletEmbedding", "Order", "Progress"]
+__all__ = [
+    "Frame",
+    "Detections",
+    "Tracks",
+    "Tracklet",
+    "TrackletEmbedding",
+    "TrackletPicture",
+    "PICTURE_KINDS",
+    "Order",
+    "Progress",
+]
+
+# The kinds of TrackletPicture: one of the best crops, or a crop with the attention heatmaps drawn over it.
+PICTURE_KINDS = ("crop", "attention")
 
 
 def _column(name: str, value, dtype, n: int | None, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -181,6 +194,61 @@ class Progress:
             raise ValueError(f"Progress.watermark: expected a number below +inf, got {self.watermark!r}")
 
 
+def _track(name: str, frames, boxes, first_frame: int, last_frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated per-frame columns: ``frames`` (F,) int64 strictly increasing within the span, ``boxes``
+    (F, 4) float32 finite."""
+    f = _column(f"{name}.track_frames", frames, np.int64, None)
+    b = _column(f"{name}.track_boxes", boxes, np.float32, f.shape[0], (4,))
+    if f.shape[0] and (
+        f[0] < first_frame or f[-1] > last_frame or (np.diff(f) <= 0).any() or not np.isfinite(b).all()
+    ):
+        raise ValueError(
+            f"{name}.track_frames / track_boxes: expected strictly increasing frames within "
+            f"{first_frame}..{last_frame} and finite boxes, got frames {int(f[0])}..{int(f[-1])}"
+        )
+    return f, b
+
+
+def _no_frames() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+def _no_boxes() -> np.ndarray:
+    return np.zeros((0, 4), np.float32)
+
+
+@dataclass(frozen=True)
+class TrackletPicture:
+    """One picture of a tracklet, JPEG-encoded by the re-ID worker for the store (docs/schema.md,
+    ``tracklet_pictures``).
+
+    ``kind``: ``'crop'`` (one of the best crops by temporal attention, ``rank`` 0 = best) or ``'attention'``
+    (a crop with the K part heatmaps drawn over it, rank 0). ``frame_index``: the frame it comes from;
+    ``width`` x ``height``: the picture's size in pixels; ``jpeg``: the complete JPEG file.
+    """
+
+    kind: str
+    rank: int
+    frame_index: int
+    width: int
+    height: int
+    jpeg: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PICTURE_KINDS:
+            raise ValueError(f"TrackletPicture.kind: expected one of {PICTURE_KINDS}, got {self.kind!r}")
+        for name, low in (("rank", 0), ("frame_index", 0), ("width", 1), ("height", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise ValueError(f"TrackletPicture.{name}: expected an int >= {low}, got {v!r}")
+        if (
+            not isinstance(self.jpeg, bytes)
+            or self.jpeg[:3] != b"\xff\xd8\xff"
+            or self.jpeg[-2:] != b"\xff\xd9"
+        ):
+            raise ValueError("TrackletPicture.jpeg: expected the bytes of a complete JPEG file")
+
+
 @dataclass(frozen=True)
 class Tracklet:
     """A closed piece of one track in one camera, ready for re-ID.
@@ -190,7 +258,9 @@ class Tracklet:
     kept crop. ``first_frame``/``last_frame`` and ``start_time``/``end_time`` span the whole observed
     track piece, which may be longer than the kept crops; ``num_frames`` counts every frame observed.
     The natural key is ``(camera_id, track_id, chunk)``. ``order`` is set by the camera worker when it
-    publishes the tracklet.
+    publishes the tracklet. ``track_frames`` (F,) int64 and ``track_boxes`` (F, 4) float32 xyxy are the box
+    of every observed frame (strictly increasing frames within the span; empty from a producer that does
+    not send them), what the store keeps to draw and export tracks.
     """
 
     camera_id: str
@@ -207,6 +277,8 @@ class Tracklet:
     scores: np.ndarray
     crops: np.ndarray = field(repr=False)
     order: Order | None = None
+    track_frames: np.ndarray = field(default_factory=_no_frames, repr=False)
+    track_boxes: np.ndarray = field(default_factory=_no_boxes, repr=False)
 
     def __post_init__(self) -> None:
         idx = _column("Tracklet.frame_indices", self.frame_indices, np.int64, None)
@@ -225,6 +297,9 @@ class Tracklet:
                 f"Tracklet {self.key}: span reversed (frames {self.first_frame}..{self.last_frame}, "
                 f"times {self.start_time}..{self.end_time})"
             )
+        f, b = _track("Tracklet", self.track_frames, self.track_boxes, self.first_frame, self.last_frame)
+        object.__setattr__(self, "track_frames", f)
+        object.__setattr__(self, "track_boxes", b)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -243,6 +318,9 @@ class TrackletEmbedding:
     part was at least half the uniform weight (1 = usable in every frame). ``model`` names the
     checkpoint that made the embedding, so embeddings of different models are never compared.
     The natural key is ``(camera_id, track_id, chunk)``, as for the tracklet; ``order`` is the tracklet's.
+    ``track_frames``/``track_boxes`` are the tracklet's per-frame boxes, copied; ``pictures`` its best crops
+    and attention picture (distinct ``(kind, rank)``), which the matcher stores in the transaction that
+    stores the embedding. Both are empty from a producer that does not send them.
     """
 
     camera_id: str
@@ -258,6 +336,9 @@ class TrackletEmbedding:
     model: str
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32), repr=False)
     order: Order | None = None
+    track_frames: np.ndarray = field(default_factory=_no_frames, repr=False)
+    track_boxes: np.ndarray = field(default_factory=_no_boxes, repr=False)
+    pictures: tuple[TrackletPicture, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         emb = _column("TrackletEmbedding.embedding", self.embedding, np.float32, None)
@@ -276,6 +357,18 @@ class TrackletEmbedding:
         )
         if self.end_time < self.start_time:
             raise ValueError(f"TrackletEmbedding {self.key}: end_time before start_time")
+        f, b = _track(
+            "TrackletEmbedding", self.track_frames, self.track_boxes, self.first_frame, self.last_frame
+        )
+        object.__setattr__(self, "track_frames", f)
+        object.__setattr__(self, "track_boxes", b)
+        pictures = tuple(self.pictures)
+        if not all(isinstance(p, TrackletPicture) for p in pictures):
+            raise ValueError("TrackletEmbedding.pictures: expected TrackletPicture items")
+        keys = [(p.kind, p.rank) for p in pictures]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"TrackletEmbedding.pictures: (kind, rank) repeated in {sorted(keys)}")
+        object.__setattr__(self, "pictures", pictures)
 
     @property
     def key(self) -> tuple[str, int, int]:

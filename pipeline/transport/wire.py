@@ -11,6 +11,11 @@ Every message is one msgpack map ``{"v": 1, "type": "tracklet" | "embedding" | "
   an :class:`Envelope`);
 - ``order`` (optional on tracklets and embeddings) is ``{"seq": int, "watermark": float, "published_at":
   float}`` (:class:`pipeline.transport.messages.Order`; a watermark of ``-inf`` is allowed);
+- ``track_frames`` (``<i8``) and ``track_boxes`` (``<f4``, (F, 4)), optional on tracklets and embeddings and
+  written only when non-empty, are the per-frame boxes; absent, they decode as empty;
+- ``pictures`` (optional on embeddings, written only when there are some) is a list of ``{"kind": str,
+  "rank": int, "frame_index": int, "width": int, "height": int, "jpeg": <JPEG bytes>}``
+  (:class:`pipeline.transport.messages.TrackletPicture`), kept byte for byte (checked, not decoded);
 - a ``progress`` message is a camera's :class:`pipeline.transport.messages.Progress` marker (``camera_id``,
   ``last_seq``, ``watermark``, ``n``, ``idle``, ``final``, ``published_at``, ``started_at``), sent on the embedding stream.
 
@@ -31,7 +36,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Order, Progress, Tracklet, TrackletEmbedding, TrackletPicture
 
 __all__ = [
     "WIRE_VERSION",
@@ -59,6 +64,13 @@ _EMBEDDING_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
     "part_visibility": ("<f4", ()),
     "boxes": ("<f4", (4,)),
 }
+# Optional per-frame columns of tracklets and embeddings, written only when non-empty.
+_TRACK_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "track_frames": ("<i8", ()),
+    "track_boxes": ("<f4", (4,)),
+}
+_PICTURE_INTS = ("rank", "frame_index", "width", "height")
+_MAX_PICTURES = 64
 _SPAN_INTS = ("track_id", "chunk", "first_frame", "last_frame", "num_frames")
 _SPAN_FLOATS = ("start_time", "end_time")
 
@@ -120,6 +132,7 @@ def encode_tracklet(t: Tracklet, *, session: str, jpeg_quality: int = 90) -> byt
         msg[name] = _pack_array(getattr(t, name), dtype)
     msg["crops"] = {"shape": [int(d) for d in t.crops.shape], "jpeg": frames}
     _put_order(msg, t.order)
+    _put_track(msg, t)
     return msgpack.packb(msg, use_bin_type=True)
 
 
@@ -132,6 +145,19 @@ def encode_embedding(e: TrackletEmbedding, *, session: str) -> bytes:
     for name, (dtype, _) in _EMBEDDING_ARRAYS.items():
         msg[name] = _pack_array(getattr(e, name), dtype)
     _put_order(msg, e.order)
+    _put_track(msg, e)
+    if e.pictures:
+        msg["pictures"] = [
+            {
+                "kind": p.kind,
+                "rank": int(p.rank),
+                "frame_index": int(p.frame_index),
+                "width": int(p.width),
+                "height": int(p.height),
+                "jpeg": bytes(p.jpeg),
+            }
+            for p in e.pictures
+        ]
     return msgpack.packb(msg, use_bin_type=True)
 
 
@@ -158,6 +184,12 @@ def _put_order(msg: dict[str, Any], order: Order | None) -> None:
             "watermark": float(order.watermark),
             "published_at": float(order.published_at),
         }
+
+
+def _put_track(msg: dict[str, Any], m: Tracklet | TrackletEmbedding) -> None:
+    if len(m.track_frames):
+        for name, (dtype, _) in _TRACK_ARRAYS.items():
+            msg[name] = _pack_array(getattr(m, name), dtype)
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -310,6 +342,48 @@ def _crops(msg: dict[str, Any], t: int) -> np.ndarray:
     return out
 
 
+def _track_fields(msg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The optional per-frame columns; both or neither."""
+    present = [name for name in _TRACK_ARRAYS if name in msg]
+    if not present:
+        return {}
+    if len(present) != len(_TRACK_ARRAYS):
+        raise WireError(f"{present[0]}: sent without {set(_TRACK_ARRAYS) - set(present)}")
+    return {name: _array(msg, name, dtype, tail) for name, (dtype, tail) in _TRACK_ARRAYS.items()}
+
+
+def _pictures(msg: dict[str, Any]) -> tuple[TrackletPicture, ...]:
+    if "pictures" not in msg:
+        return ()
+    items = _get(msg, "pictures", list, "a list of pictures")
+    if len(items) > _MAX_PICTURES:
+        raise WireError(f"pictures: {len(items)} pictures, at most {_MAX_PICTURES}")
+    out = []
+    for i, item in enumerate(items):
+        name = f"pictures[{i}]"
+        if not isinstance(item, dict):
+            raise WireError(f"{name}: expected a map, got {type(item).__name__}")
+        kind = _str(item, "kind")
+        ints = {k: _get(item, k, int, "int") for k in _PICTURE_INTS}
+        buf = _get(item, "jpeg", bytes, "bytes")
+        if max(ints["width"], ints["height"]) > _MAX_CROP_SIDE:
+            raise WireError(
+                f"{name}: {ints['height']}x{ints['width']} exceeds {_MAX_CROP_SIDE} pixels a side"
+            )
+        if buf[:3] != b"\xff\xd8\xff" or buf[-2:] != b"\xff\xd9":
+            raise WireError(f"{name}.jpeg: not a complete JPEG")
+        size = _jpeg_size(buf)
+        if size != (ints["height"], ints["width"]):
+            raise WireError(
+                f"{name}.jpeg: JPEG header says {size}, expected ({ints['height']}, {ints['width']})"
+            )
+        try:
+            out.append(TrackletPicture(kind=kind, jpeg=buf, **ints))
+        except ValueError as err:
+            raise WireError(f"{name}: {str(err)[:160]}") from None
+    return tuple(out)
+
+
 def _span_fields(msg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"camera_id": _str(msg, "camera_id")}
     out.update({k: _get(msg, k, int, "int") for k in _SPAN_INTS})
@@ -325,8 +399,9 @@ def decode_tracklet(data: bytes) -> Envelope[Tracklet]:
     arrays = {k: _array(msg, k, dtype, tail) for k, (dtype, tail) in _TRACKLET_ARRAYS.items()}
     crops = _crops(msg, arrays["frame_indices"].shape[0])
     order = _order(msg)
+    track = _track_fields(msg)
     try:
-        tracklet = Tracklet(**fields, **arrays, crops=crops, order=order)
+        tracklet = Tracklet(**fields, **arrays, crops=crops, order=order, **track)
     except ValueError as err:
         raise WireError(f"invalid tracklet: {str(err)[:160]}") from None
     return Envelope(tracklet, session)
@@ -371,8 +446,12 @@ def _embedding(msg: dict[str, Any]) -> Envelope[TrackletEmbedding]:
         if not np.isfinite(arrays[name]).all():
             raise WireError(f"{name}: contains NaN or infinite values")
     order = _order(msg)
+    track = _track_fields(msg)
+    pictures = _pictures(msg)
     try:
-        embedding = TrackletEmbedding(**fields, **arrays, model=model, order=order)
+        embedding = TrackletEmbedding(
+            **fields, **arrays, model=model, order=order, **track, pictures=pictures
+        )
     except ValueError as err:
         raise WireError(f"invalid embedding: {str(err)[:160]}") from None
     return Envelope(embedding, session)
