@@ -1,6 +1,7 @@
 """Which tracker should be the default? Every tracker of ``trackers.TRACKERS`` through the PETS09 split view.
 
-    python bench/trackers.py [--variant plain|unlike|both] [--trackers NAME,NAME] [--work DIR]
+    python bench/trackers.py [--variant plain|unlike|both] [--trackers NAME,NAME] [--parts splitview,speed]
+                             [--work DIR]
 
 For each tracker (default: all, in the dict's order) and each variant (default ``plain``) this runs
 :func:`bench.splitview.run_variant` with ``--set tracker.name=<name>``: the whole pipeline on the two
@@ -21,6 +22,11 @@ Figures per tracker and variant (fractions in [0, 1]):
   ``people_linked`` (of ``people_multi_camera``).
 - ``fps``: the camera stage's frames per second, mean of the two cameras, as the run reports it (decoding,
   detection, tracking, cropping; on a shared CPU, so only large differences mean something); ``wall_s``.
+- ``tracker_ms_per_frame`` (part ``speed``): the tracker alone, in this process. The plain clips are decoded
+  and run through the detector once (the schema's default detector settings with the split view's detector);
+  then each tracker, a fresh instance per camera, is timed on ``update`` over the same 2 x 400 frames and
+  their detections (its first frame, where lazy set-up happens, is run once before and the tracker reset).
+  ``dets_per_frame`` is the mean number of detections it was given.
 
 A tracker that cannot be built here (missing ReID weights, missing package...) or whose run fails is
 reported with the reason (``error``) instead of stopping the benchmark.
@@ -43,11 +49,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+from tqdm import tqdm
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.splitview import DETECTOR, FPS, SPLIT, VTEST, PipelineRunError, run_variant  # noqa: E402
-from pipeline.config import TrackerConfig  # noqa: E402
+from bench.splitview import (  # noqa: E402
+    CAMERAS,
+    DETECTOR,
+    FPS,
+    SPLIT,
+    VTEST,
+    PipelineRunError,
+    build_clips,
+    run_variant,
+)
+from pipeline.config import DetectorConfig, TrackerConfig  # noqa: E402
 from trackers import DEFAULT_REID_WEIGHTS, TRACKERS, build_tracker  # noqa: E402
 
 KEPT = (
@@ -79,6 +98,51 @@ def cannot_run(name: str) -> str | None:
     return None
 
 
+def tracker_speed(names: list[str], work: Path) -> dict[str, dict[str, float]]:
+    """``tracker_ms_per_frame`` and ``dets_per_frame`` of each tracker in ``names`` on the plain clips."""
+    from models.runtime import configure_torch
+    from pipeline.camera.detector import PersonDetector
+
+    configure_torch()
+    d = DetectorConfig()
+    detector = PersonDetector(DETECTOR, imgsz=640, conf=d.conf, iou=d.iou, classes=d.classes, batch=d.batch)
+    clips = build_clips("plain", work / "clips" / "plain")
+    spent = dict.fromkeys(names, 0.0)
+    frames_seen = 0
+    dets_seen = 0
+    for cam in CAMERAS:  # one camera's frames in memory at a time (400 x 340x576x3 bytes = 235 MB)
+        cap = cv2.VideoCapture(str(clips[cam]))
+        frames: list[np.ndarray] = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+        cap.release()
+        dets = []
+        for i in tqdm(range(0, len(frames), d.batch), desc=f"detect {cam}", unit="batch"):
+            dets += detector.detect(frames[i : i + d.batch])
+        frames_seen += len(frames)
+        dets_seen += sum(len(x) for x in dets)
+        for name in names:
+            tracker = build_tracker(name, frame_rate=FPS)
+            tracker.update(dets[0], frames[0])  # lazy set-up (first ReID call) outside the timing
+            tracker.reset()
+            t0 = time.perf_counter()
+            for det, frame in tqdm(
+                zip(dets, frames, strict=True), total=len(frames), desc=f"{name} {cam}", unit="fr"
+            ):
+                tracker.update(det, frame)
+            spent[name] += time.perf_counter() - t0
+    return {
+        name: {
+            "tracker_ms_per_frame": round(1000 * t / frames_seen, 2),
+            "dets_per_frame": round(dets_seen / frames_seen, 2),
+        }
+        for name, t in spent.items()
+    }
+
+
 def condense(figs: dict[str, float | int | None]) -> dict[str, float | int | None]:
     """The figures this benchmark reports, from :func:`bench.splitview.run_variant`'s flat dict."""
     left, right = figs.get("idf1_tracker_left"), figs.get("idf1_tracker_right")
@@ -103,31 +167,37 @@ def _pct(v: float | int | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _num(v: float | int | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def print_table(results: dict[str, dict], variants: list[str], default: str) -> None:
+    """One row per tracker and variant (one per tracker when no split-view run was made)."""
     head = (
-        f"{'tracker':<12}{'variant':<8}{'IDF1 left':>10}{'right':>7}{'mean':>7}{'oracle':>8}{'joint':>7}"
-        f"{'no link':>9}{'merges':>8}{'linked':>8}{'fps':>7}{'wall s':>8}"
+        f"{'tracker':<13}{'variant':<8}{'IDF1 left':>10}{'right':>7}{'mean':>7}{'oracle':>8}{'joint':>7}"
+        f"{'no link':>9}{'merges':>8}{'linked':>8}{'cam fps':>9}{'trk ms/fr':>11}"
     )
-    print("figures in percent; per-camera IDF1 with tracker ids; oracle = joint IDF1 with perfect linking")
+    print("figures in percent; per-camera IDF1 with tracker ids; oracle = joint IDF1 with perfect linking;")
+    print("cam fps = camera stage in the run (shared CPU); trk ms/fr = tracker update alone (plain clips)")
     print(head)
     print("-" * len(head))
     for name, r in results.items():
         shown = name + (" *" if name == default else "")
         if "error" in r:
-            print(f"{shown:<12}{'':<8}cannot run: {r['error']}")
+            print(f"{shown:<13}{'':<8}cannot run: {r['error']}")
             continue
-        for v in variants:
-            p = "" if v == "plain" else f"{v}_"
+        for v in variants or ["-"]:
+            p = "" if v in ("plain", "-") else f"{v}_"
             if f"{p}error" in r:
-                print(f"{shown:<12}{v:<8}failed: {r[p + 'error']}")
+                print(f"{shown:<13}{v:<8}failed: {r[p + 'error']}")
                 continue
-            linked = f"{r[p + 'people_linked']}/{r[p + 'people_multi_camera']}"
-            fps = "-" if r[p + "fps"] is None else f"{r[p + 'fps']:.1f}"
+            g = {k: r.get(p + k) for k in KEPT}
+            linked = "-" if g["people_linked"] is None else f"{g['people_linked']}/{g['people_multi_camera']}"
             print(
-                f"{shown:<12}{v:<8}{_pct(r[p + 'idf1_left']):>10}{_pct(r[p + 'idf1_right']):>7}"
-                f"{_pct(r[p + 'idf1_mean']):>7}{_pct(r[p + 'oracle_idf1']):>8}{_pct(r[p + 'joint_idf1']):>7}"
-                f"{_pct(r[p + 'no_linking_idf1']):>9}{r[p + 'merges']:>8}{linked:>8}{fps:>7}"
-                f"{r[p + 'wall_s']:>8.0f}"
+                f"{shown:<13}{v:<8}{_pct(g['idf1_left']):>10}{_pct(g['idf1_right']):>7}{_pct(g['idf1_mean']):>7}"
+                f"{_pct(g['oracle_idf1']):>8}{_pct(g['joint_idf1']):>7}{_pct(g['no_linking_idf1']):>9}"
+                f"{_num(g['merges'], 'd'):>8}{linked:>8}{_num(g['fps'], '.1f'):>9}"
+                f"{_num(r.get('tracker_ms_per_frame'), '.1f'):>11}"
             )
     print(f"* current default (pipeline/config: tracker.name = {default!r})")
 
@@ -136,8 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", choices=["plain", "unlike", "both"], default="plain")
     ap.add_argument("--trackers", default=",".join(TRACKERS), help="comma-separated names (default: all)")
+    ap.add_argument(
+        "--parts",
+        default="splitview,speed",
+        help="comma-separated: splitview (pipeline runs and scores), speed (tracker-only timing)",
+    )
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "reid-splitview")
     args = ap.parse_args(argv)
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not parts or parts - {"splitview", "speed"}:
+        print(f"error: --parts: expected splitview and/or speed, got {args.parts!r}", file=sys.stderr)
+        return 2
     names = [n.strip() for n in args.trackers.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown or not names:
@@ -150,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["plain", "unlike"] if args.variant == "both" else [args.variant]
     default = TrackerConfig().name
 
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {name: {} for name in names}  # in the order asked for
     runnable = []
     for name in names:
         reason = cannot_run(name)
@@ -161,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] cannot run here: {reason}", file=sys.stderr)
     print(f"ReID weights for appearance trackers: {DEFAULT_REID_WEIGHTS}", file=sys.stderr)
 
-    jobs = [(name, v) for name in runnable for v in variants]
+    jobs = [(name, v) for name in runnable for v in variants] if "splitview" in parts else []
     t0 = time.perf_counter()
     for i, (name, v) in enumerate(jobs, 1):
         eta = ""
@@ -169,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             eta = f", about {(time.perf_counter() - t0) / (i - 1) * (len(jobs) - i + 1) / 60:.0f} min left"
         print(f"=== [{i}/{len(jobs)}] {name} / {v}{eta}", file=sys.stderr, flush=True)
         p = "" if v == "plain" else f"{v}_"
-        r = results.setdefault(name, {})
+        r = results[name]
         try:
             figs = condense(
                 run_variant(
@@ -192,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    if "speed" in parts and runnable:
+        print("=== tracker-only timing on the plain clips", file=sys.stderr, flush=True)
+        for name, figs in tracker_speed(runnable, args.work).items():
+            results[name].update(figs)
+            print(f"=== {name}: {figs}", file=sys.stderr, flush=True)
+
+    variants = variants if jobs else []
     print_table(results, variants, default)
     out: dict[str, object] = dict(results)
     for v in variants:
