@@ -1,12 +1,14 @@
 """Cross-camera identity on real footage: the PETS09 split view, run through the whole pipeline and scored.
 
-    python bench/splitview.py [--variant plain|unlike|both] [--work DIR]
+    python bench/splitview.py [--variant plain|unlike|both] [--work DIR] [--set KEY=VALUE ...]
 
 Data: ``../shared/data/pets09-splitview-dev`` (its README): two virtual cameras cut from frames 1-400 of
 ``../shared/data/vtest/vtest.avi``, ``left`` = columns [0, 340) and ``right`` = columns [428, 768), an 88-px
 blind corridor between them, person-level ground truth ``gt_left.txt`` / ``gt_right.txt``. Evaluation only:
 nothing here is trained, fitted or tuned on those labels; every pipeline setting is the config schema's
-default except the detector (the team's OpenVINO INT8 YOLO11n, which needs ``imgsz`` 640).
+default except the detector (the team's OpenVINO INT8 YOLO11n, which needs ``imgsz`` 640) and what
+``--set KEY=VALUE`` overrides (passed to ``run_pipeline.py`` as they are, e.g. ``--set tracker.name=ocsort``;
+repeatable).
 
 Steps, per variant:
 
@@ -18,6 +20,8 @@ Steps, per variant:
 3. Run ``run_pipeline.py --cameras cams.yaml --db sqlite:///run.db --out out/ --quiet`` as a child process
    (embedded queue), then score it with :func:`pipeline.tools.evaluate_mtmc.evaluate_run` on frames 1-400.
    ``WORK/<variant>/`` keeps the run, so ``python -m pipeline.tools.evaluate_mtmc`` can be run on it again.
+   ``fps_<camera>`` is the camera stage's frames per second as the run reports it (``out/summary.json``:
+   decoding, detection, tracking and cropping of that camera, both cameras in one process on a shared CPU).
 
 Variants:
 
@@ -34,6 +38,9 @@ Last line: one JSON object; the plain variant's figures at the top level (``join
 ``joint_idr``, ``joint_hota``, ``no_linking_idf1``, ``oracle_idf1``, ``gain_taken``, ``merges``,
 ``people_linked``, ``oracle_people_linked``, ``people_multi_camera``, per-camera IDF1...), the unlike
 variant's under the same names prefixed ``unlike_``.
+
+From Python: :func:`run_variant` (``bench/trackers.py`` runs it once per tracker); a failed pipeline run
+raises :class:`PipelineRunError` carrying the end of its stderr.
 """
 
 from __future__ import annotations
@@ -162,25 +169,46 @@ def figures(result: MtmcResult) -> dict[str, float | int | None]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def run_variant(variant: str, work: Path) -> dict[str, float | int | None]:
-    """Build, run and score one variant; the run stays in ``work/<variant>/``."""
+class PipelineRunError(RuntimeError):
+    """``run_pipeline.py`` exited with a non-zero code; ``stderr_tail`` is the end of what it printed."""
+
+    def __init__(self, message: str, stderr_tail: str):
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+
+def run_variant(
+    variant: str, work: Path, *, overrides: list[str] | tuple[str, ...] = (), run_dir: Path | None = None
+) -> dict[str, float | int | None]:
+    """Build, run and score one variant; the run stays in ``run_dir`` (default ``work/<variant>/``).
+
+    ``overrides`` are ``KEY=VALUE`` strings passed to ``run_pipeline.py`` as ``--set`` options. The clips are
+    built in (and reused from) ``work/clips/<variant>/``. Raises :class:`PipelineRunError` when the pipeline
+    run fails.
+    """
     clips = build_clips(variant, work / "clips" / variant)
-    run = work / variant
+    run = run_dir if run_dir is not None else work / variant
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     write_config(clips, run / "cams.yaml")
     db = f"sqlite:///{run / 'run.db'}"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--cameras", str(run / "cams.yaml")]
     cmd += ["--db", db, "--out", str(run / "out"), "--quiet"]
-    print(f"[{variant}] running the pipeline on 2 x {FRAMES} frames ...", file=sys.stderr, flush=True)
+    for kv in overrides:
+        cmd += ["--set", kv]
+    shown = "".join(f" --set {kv}" for kv in overrides)
+    print(f"[{variant}] running the pipeline on 2 x {FRAMES} frames{shown} ...", file=sys.stderr, flush=True)
     code, stdout, stderr, wall, peak = run_watched(cmd)
     if code != 0:
-        print(stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"error: run_pipeline.py exited with {code} ({variant})")
+        tail = stderr[-3000:]
+        raise PipelineRunError(f"run_pipeline.py exited with {code} ({variant}{shown})", tail)
     print(stdout.strip(), file=sys.stderr)
     gt = {cam: SPLIT / f"gt_{cam}.txt" for cam in CAMERAS}
     result = evaluate_run(db, run / "out", gt, frames=(1, FRAMES))
     out = figures(result)
+    summary = json.loads((run / "out" / "summary.json").read_text())
+    for cam, c in summary["cameras"].items():
+        out[f"fps_{cam}"] = c["fps"]
     out["wall_s"] = round(wall, 1)
     out["peak_rss_mb"] = round(peak / 2**20, 1)
     gt_args = " ".join(f"--gt {cam}={p}" for cam, p in gt.items())
@@ -196,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", choices=["plain", "unlike", "both"], default="both")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "reid-splitview")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to run_pipeline.py (repeatable), e.g. tracker.name=ocsort",
+    )
     args = ap.parse_args(argv)
     for need in (VTEST, SPLIT / "gt_left.txt", SPLIT / "gt_right.txt", DETECTOR):
         if not need.exists():
@@ -205,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, float | int | None] = {}
     for v in variants:
         prefix = "" if v == "plain" else f"{v}_"
-        result.update({prefix + k: x for k, x in run_variant(v, args.work).items()})
+        try:
+            figs = run_variant(v, args.work, overrides=args.overrides)
+        except PipelineRunError as exc:
+            print(exc.stderr_tail, file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        result.update({prefix + k: x for k, x in figs.items()})
     print(json.dumps(result))
     return 0
 
