@@ -115,7 +115,7 @@ def test_defaults_are_the_documented_values(tmp_path: Path) -> None:
         0.7,
     )
     assert (cfg.detector.device, cfg.detector.batch, cfg.detector.classes) == ("auto", 4, (0,))
-    assert (cfg.tracker.name, cfg.tracker.params) == ("bytetrack", {})
+    assert (cfg.tracker.name, cfg.tracker.params) == ("ocsort", {})
     t = cfg.tracklets
     assert (t.min_length, t.max_length, t.max_gap, t.min_box_height, t.min_box_width) == (4, 300, 30, 40, 16)
     assert (t.min_conf, t.border_margin, t.max_crops, t.crop_height, t.crop_width) == (0.3, 2, 32, 256, 128)
