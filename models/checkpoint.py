@@ -166,6 +166,18 @@ def load_drsta(
     return build_model_from_checkpoint(payload, path=path, backbone_weights=backbone_weights).to(device)
 
 
+def checkpoint_threshold(path: str | Path | None = None) -> float | None:
+    """The matching threshold (cosine) calibrated for this checkpoint, or None when it records none.
+
+    ``path`` None means the default checkpoint. The operating point it stands for is in
+    ``read_checkpoint(path)["meta"]["operating_point"]`` (see ``models.calibrate``). Raises CheckpointError
+    as :func:`read_checkpoint` does.
+    """
+    meta = read_checkpoint(DEFAULT_CHECKPOINT if path is None else path).get("meta", {})
+    value = meta.get("threshold")
+    return None if value is None else float(value)
+
+
 def load_avgpool_baseline(
     backbone: str,
     backbone_weights: str | Path | None,
@@ -197,6 +209,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_BACKBONE_WEIGHTS",
     "build_model_from_checkpoint",
+    "checkpoint_threshold",
     "load_avgpool_baseline",
     "load_drsta",
     "read_checkpoint",
