@@ -72,13 +72,15 @@ def cut_tracklets(records: list[TrackletRecord], frames: int | None) -> list[Tra
 
 
 def load_records(
-    dataset: str, root: str | Path, *, ids=None, split: int = 0
+    dataset: str, root: str | Path, *, ids=None, split: int = 0, look: str = "same"
 ) -> tuple[list[TrackletRecord], list[TrackletRecord]]:
     """(query, gallery) of ``dataset`` under its protocol; the same list object twice when every tracklet is
     queried against all others (the folder layout)."""
     reader = get_reader(dataset)
     if dataset == "folder":
         data = reader(root, ids=ids)
+    elif dataset == "splitview":
+        data = reader(root, look=look)
     elif dataset in ("prid2011", "ilidsvid"):
         data = reader(root, split=split)
     else:
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--ids", help="folder layout: identities to use (comma list, or JSON file with val_ids)")
     ap.add_argument("--split", type=int, default=0, help="PRID2011 / iLIDS-VID split number (0-9)")
+    ap.add_argument("--look", default="same", help="splitview: the right camera's look (same or unlike)")
     ap.add_argument("--num-frames", type=int, default=6, help="N, frames the baseline samples per tracklet")
     ap.add_argument(
         "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
@@ -161,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             models[f"DRSTA ({name})"] = model
             if args.compare == "own":
                 models[f"{model.cfg.backbone} own embedding, mean-pooled"] = own_baseline_of(model, device)
-        query, gallery = load_records(args.dataset, args.root, ids=parse_ids(args.ids), split=args.split)
+        query, gallery = load_records(
+            args.dataset, args.root, ids=parse_ids(args.ids), split=args.split, look=args.look
+        )
         results: dict[str, dict] = {}
         curves = {}
         for frames in args.frames:

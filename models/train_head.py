@@ -64,7 +64,10 @@ class HeadTrainConfig:
     weight_decay: float = 5e-4
     batch_p: int = 8
     batch_k: int = 2
-    temperature: float = 0.05  # OIM; the table starts at the baseline's identity means
+    loss: str = (
+        "cross_camera"  # "cross_camera" (see cross_camera_loss) or "oim" (table starts at the baseline)
+    )
+    temperature: float = 0.05  # of the cosine logits, both losses
     oim_momentum: float = 0.5
     reg_weight: float = 0.1  # diversity term Q (Eq. 9)
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
@@ -84,6 +87,8 @@ class HeadTrainConfig:
         if "model" not in raw:
             raise ValueError(f"{path}: 'model' (the DRSTA config) is required")
         raw["model"] = DRSTAConfig.from_dict(raw["model"])
+        if raw.get("loss", "cross_camera") not in LOSSES:
+            raise ValueError(f"{path}: loss: expected one of {LOSSES}, got {raw['loss']!r}")
         for k in ("val_ids", "eval_frames"):
             if k in raw:
                 raw[k] = tuple(raw[k])
@@ -105,7 +110,9 @@ class FeatureBank:
         return self.grids[i, int(flip)].float(), self.embs[i, int(flip)]
 
 
-def build_bank(backbone, paths: list[str], flip_paths: set[str], cache_file: Path, batch: int = 32) -> FeatureBank:
+def build_bank(
+    backbone, paths: list[str], flip_paths: set[str], cache_file: Path, batch: int = 32
+) -> FeatureBank:
     """Load ``cache_file`` if it holds exactly these paths, else compute (progress bar) and save it."""
     if cache_file.is_file():
         data = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -135,10 +142,14 @@ def cut(record: TrackletRecord, frames: int, train: bool, rng: np.random.Generat
     """The tracklet's paths cut to ``frames`` (restricted random sampling; all when it is shorter)."""
     if len(record.paths) <= frames:
         return list(record.paths)
-    return [record.paths[i] for i in restricted_random_sample(len(record.paths), frames, train=train, rng=rng)]
+    return [
+        record.paths[i] for i in restricted_random_sample(len(record.paths), frames, train=train, rng=rng)
+    ]
 
 
-def head_embeddings(model: DRSTA, bank: FeatureBank, records: list[TrackletRecord], frames: int, device) -> np.ndarray:
+def head_embeddings(
+    model: DRSTA, bank: FeatureBank, records: list[TrackletRecord], frames: int, device
+) -> np.ndarray:
     """Test-time embeddings from cached maps, tracklets cut to ``frames`` then sampled to the model's N."""
     n = model.num_frames
     model.eval()
@@ -163,7 +174,41 @@ def baseline_embeddings(bank: FeatureBank, records: list[TrackletRecord], frames
 
 
 def metrics_of(emb: np.ndarray, records: list[TrackletRecord]) -> ReIDMetrics:
-    return evaluate_all_vs_other_cameras(emb, np.array([r.pid for r in records]), np.array([r.camid for r in records]))
+    return evaluate_all_vs_other_cameras(
+        emb, np.array([r.pid for r in records]), np.array([r.camid for r in records])
+    )
+
+
+LOSSES = ("cross_camera", "oim")
+
+
+def cross_camera_loss(
+    emb: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The evaluation protocol as a loss: each tracklet ranks the batch's tracklets from *other* cameras.
+
+    emb (B, E) unit norm, pids (B,), cams (B,). Softmax over the other-camera tracklets of cosine /
+    temperature; the loss is -log of the probability mass on the same person, averaged over tracklets that
+    have one (a batch of P ids x their two cameras gives every tracklet one).
+    """
+    logits = emb @ emb.T / temperature  # (B, B)
+    other = cams[:, None] != cams[None, :]
+    pos = other & (pids[:, None] == pids[None, :])
+    logits = logits.masked_fill(~other, float("-inf"))
+    has = pos.any(dim=1)
+    if not has.any():
+        return emb.sum() * 0.0
+    log_all = torch.logsumexp(logits[has], dim=1)
+    log_pos = torch.logsumexp(logits[has].masked_fill(~pos[has], float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
+
+
+def metrics_dict(ms: dict[int, ReIDMetrics]) -> dict[str, dict[str, Any]]:
+    """{frames: {"rank1", "mAP", "cmc" (first 20 ranks)}} for JSON."""
+    return {
+        str(f): {"rank1": m.rank1, "mAP": m.mAP, "cmc": [round(float(c), 4) for c in m.cmc[:20]]}
+        for f, m in ms.items()
+    }
 
 
 def score(ms: dict[int, ReIDMetrics]) -> float:
@@ -191,8 +236,10 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         raise ValueError(f"val_ids: need held-out ids present under {root}; missing {missing[:3]}")
     pool_ids = [i for i in all_ids if i not in set(cfg.val_ids)]
     train_ids, select_ids = split_ids(pool_ids, cfg.select_fraction, cfg.seed)
-    by_ids = lambda ids: [r for r in everything if id_of[r.tracklet_id] in set(ids)]  # noqa: E731
-    train_recs, select_recs, val_recs = by_ids(train_ids), by_ids(select_ids), by_ids(cfg.val_ids)
+    train_recs, select_recs, val_recs = (
+        [r for r in everything if id_of[r.tracklet_id] in set(ids)]
+        for ids in (train_ids, select_ids, cfg.val_ids)
+    )
 
     backbone = build_backbone(cfg.model.backbone, weights=cfg.backbone_weights, pretrained=True).to(device)
     weights_path = Path(getattr(backbone, "model_path", cfg.backbone_weights or ""))
@@ -200,16 +247,22 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     paths = sorted(p for r in everything for p in r.paths)
     flip_paths = {p for r in train_recs for p in r.paths}
     key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, paths]).encode()).hexdigest()[:16]
-    bank = build_bank(backbone, paths, flip_paths, Path(cfg.cache_dir).expanduser() / f"{cfg.model.backbone}-{key}.pt")
+    bank = build_bank(
+        backbone, paths, flip_paths, Path(cfg.cache_dir).expanduser() / f"{cfg.model.backbone}-{key}.pt"
+    )
 
     model = DRSTA(cfg.model, backbone=backbone).to(device)
     n = cfg.model.num_frames
 
     def evaluate(records: list[TrackletRecord]) -> dict[int, ReIDMetrics]:
-        return {f: metrics_of(head_embeddings(model, bank, records, f, device), records) for f in cfg.eval_frames}
+        return {
+            f: metrics_of(head_embeddings(model, bank, records, f, device), records) for f in cfg.eval_frames
+        }
 
     base_val = {f: metrics_of(baseline_embeddings(bank, val_recs, f, n), val_recs) for f in cfg.eval_frames}
-    base_sel = {f: metrics_of(baseline_embeddings(bank, select_recs, f, n), select_recs) for f in cfg.eval_frames}
+    base_sel = {
+        f: metrics_of(baseline_embeddings(bank, select_recs, f, n), select_recs) for f in cfg.eval_frames
+    }
     start_state = {k: v.detach().clone() for k, v in model.head_state_dict().items()}
 
     pid_map = {pid: i for i, pid in enumerate(sorted({r.pid for r in train_recs}))}
@@ -241,18 +294,31 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
                 grids.append(bank.take(picks, flip=bool(rng.random() < 0.5))[0])
             res = model.forward_features(torch.cat(grids).to(device), n)
             targets = torch.tensor([pid_map[r.pid] for r in recs], device=device)
-            loss = oim(res.embeddings, targets) + cfg.reg_weight * diversity_penalty("hellinger", res.spatial_attention)
+            if cfg.loss == "oim":
+                l_id = oim(res.embeddings, targets)
+            else:
+                cams = torch.tensor([r.camid for r in recs], device=device)
+                l_id = cross_camera_loss(res.embeddings, targets, cams, cfg.temperature)
+            loss = l_id + cfg.reg_weight * diversity_penalty("hellinger", res.spatial_attention)
             opt.zero_grad()
             loss.backward()
             opt.step()
             tot += loss.item() / len(batches)
         sched.step()
         sel = evaluate(select_recs)
-        row = {"epoch": epoch + 1, "loss": tot, **{f"select_r1@{f}": m.rank1 for f, m in sel.items()},
-               **{f"select_mAP@{f}": m.mAP for f, m in sel.items()}}
+        row = {
+            "epoch": epoch + 1,
+            "loss": tot,
+            **{f"select_r1@{f}": m.rank1 for f, m in sel.items()},
+            **{f"select_mAP@{f}": m.mAP for f, m in sel.items()},
+        }
         history.append(row)
         if beats(sel, base_sel) and score(sel) > best[0]:
-            best = (score(sel), epoch + 1, {k: v.detach().clone() for k, v in model.head_state_dict().items()})
+            best = (
+                score(sel),
+                epoch + 1,
+                {k: v.detach().clone() for k, v in model.head_state_dict().items()},
+            )
         bar.set_postfix(loss=f"{tot:.3f}", sel=f"{score(sel):.3f}", best_epoch=best[1])
 
     model.load_state_dict(best[2], strict=False)
@@ -262,11 +328,13 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         model.load_state_dict(start_state, strict=False)
     final_val = evaluate(val_recs)
     point = calibrate_threshold(
-        *cross_camera_pairs(head_embeddings(model, bank, val_recs, n, device),
-                            np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])),
+        *cross_camera_pairs(
+            head_embeddings(model, bank, val_recs, n, device),
+            np.array([r.pid for r in val_recs]),
+            np.array([r.camid for r in val_recs]),
+        ),
         max_false_merge=cfg.max_false_merge,
     )
-    as_dict = lambda ms: {str(f): {"rank1": m.rank1, "mAP": m.mAP, "cmc": [round(float(c), 4) for c in m.cmc[:20]]} for f, m in ms.items()}  # noqa: E731
     summary = {
         "backbone": cfg.model.backbone,
         "train_ids": train_ids,
@@ -274,10 +342,10 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "val_ids": list(cfg.val_ids),
         "best_epoch": best[1],
         "improved": improved,
-        "val_baseline": as_dict(base_val),
-        "val_trained": as_dict(trained_val),
-        "val_kept": as_dict(final_val),
-        "select_baseline": as_dict(base_sel),
+        "val_baseline": metrics_dict(base_val),
+        "val_trained": metrics_dict(trained_val),
+        "val_kept": metrics_dict(final_val),
+        "select_baseline": metrics_dict(base_sel),
         "operating_point": point.to_dict(),
         "history": history,
     }
@@ -305,7 +373,11 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     (out / "head.json").write_text(json.dumps(summary, indent=2) + "\n")
     from models.plots import plot_cmc
 
-    curves = {f"{lbl} @ {f} frames": ms[f].cmc for f in cfg.eval_frames for lbl, ms in (("own embedding mean-pooled", base_val), ("DRSTA head (kept)", final_val))}
+    curves = {
+        f"{lbl} @ {f} frames": ms[f].cmc
+        for f in cfg.eval_frames
+        for lbl, ms in (("own embedding mean-pooled", base_val), ("DRSTA head (kept)", final_val))
+    }
     plot_cmc(curves, out / "cmc_val.png", title=f"{cfg.model.backbone} on PKU validation ids", max_rank=20)
     return summary
 
@@ -326,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary[k] for k in ("best_epoch", "improved", "val_baseline", "val_kept", "operating_point")}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("best_epoch", "improved", "val_baseline", "val_kept", "operating_point")}
+        )
+    )
     return 0
 
 
