@@ -46,14 +46,24 @@ def save_checkpoint(
     backbone_weights: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    head_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint."""
+    """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint.
+
+    head_dtype: store the head's floating-point tensors in this dtype (e.g. ``torch.float16`` to halve a
+    committed file); loading casts them back to the model's dtype.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "config": {k: v for k, v in vars(model.cfg).items()},
-        "head": {k: v.detach().cpu() for k, v in model.head_state_dict().items()},
+        "head": {
+            k: v.detach().cpu().to(head_dtype)
+            if head_dtype is not None and v.is_floating_point()
+            else v.detach().cpu()
+            for k, v in model.head_state_dict().items()
+        },
         "meta": meta or {},
     }
     if include_backbone:

@@ -73,6 +73,7 @@ class HeadTrainConfig:
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
+    head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
     device: str = "auto"
     cache_dir: str = "~/.cache/reid-pipeline/features"
     out: str = "runs/head"
@@ -326,6 +327,11 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     improved = best[1] > 0 and beats(trained_val, base_val)
     if not improved:
         model.load_state_dict(start_state, strict=False)
+    if cfg.head_float16:  # measure and calibrate exactly what the file will hold
+        with torch.no_grad():
+            for t in model.head_state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
     final_val = evaluate(val_recs)
     point = calibrate_threshold(
         *cross_camera_pairs(
@@ -351,7 +357,8 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    source = os.path.relpath(weights_path.resolve(), REPO_ROOT) if weights_path.is_file() else None
+    # relative to the repository (not resolved: ../shared may be a link), as the default checkpoint records it
+    source = os.path.relpath(weights_path.absolute(), REPO_ROOT) if weights_path.is_file() else None
     meta = {
         "dataset": f"PKU-Reid folder {cfg.root}",
         "train_ids": json.dumps(train_ids),
@@ -369,6 +376,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         include_backbone=False,
         backbone_weights={"source": source, "sha256": sha} if source else None,
         meta=meta,
+        head_dtype=torch.float16 if cfg.head_float16 else None,
     )
     (out / "head.json").write_text(json.dumps(summary, indent=2) + "\n")
     from models.plots import plot_cmc

@@ -61,7 +61,7 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
-def run(small_pku, tmp_path, epochs: int):
+def run(small_pku, tmp_path, epochs: int, half: bool = False):
     root, ids = small_pku
     cfg = HeadTrainConfig(
         model=DRSTAConfig(
@@ -75,6 +75,7 @@ def run(small_pku, tmp_path, epochs: int):
         device="cpu",
         cache_dir=str(tmp_path / "cache"),
         out=str(tmp_path / "out"),
+        head_float16=half,
     )
     return train_head(cfg), tmp_path / "out" / "head.pt"
 
@@ -100,7 +101,10 @@ def test_untrained_run_writes_the_baseline_with_its_threshold(small_pku, tmp_pat
 
 
 def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> None:
-    summary, ckpt = run(small_pku, tmp_path, epochs=2)
+    summary, ckpt = run(small_pku, tmp_path, epochs=2, half=True)
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     assert list((tmp_path / "cache").glob("openvino_0288-*.pt"))  # maps cached once, outside the repo
-    assert summary["improved"] == read_checkpoint(ckpt)["meta"]["improved"]
+    payload = read_checkpoint(ckpt)
+    assert summary["improved"] == payload["meta"]["improved"]
+    assert payload["head"]["fc.weight"].dtype == torch.float16  # half the bytes on disk
+    assert load_drsta(ckpt).fc.weight.dtype == torch.float32
