@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import OwnHead, build_backbone
+from models.backbones import INPUT_SIZE, OwnHead, build_backbone, preprocess_crops
 
 TEMPORAL_POOLING = ("attention", "avg", "max")
 HEAD_STARTS = ("paper", "own")
@@ -91,7 +91,17 @@ class ReIDOutput:
 
 
 class Embedder(nn.Module):
-    """Base of every re-ID network here: ``embed`` is inference, whatever mode the module is in."""
+    """Base of every re-ID network here: ``embed`` is inference, whatever mode the module is in.
+
+    ``preprocess`` turns BGR uint8 crops into this network's input (its backbone's ``input_size``): callers
+    use it rather than a fixed size, so a backbone with another input size needs no caller change.
+    """
+
+    backbone: nn.Module
+
+    def preprocess(self, crops_bgr_uint8) -> torch.Tensor:
+        """BGR uint8 crops ((T, h, w, 3) array or a sequence of (h_i, w_i, 3)) -> (T, 3, H, W) input."""
+        return preprocess_crops(crops_bgr_uint8, size=getattr(self.backbone, "input_size", INPUT_SIZE))
 
     @torch.no_grad()
     def embed(self, frames: torch.Tensor) -> ReIDOutput:

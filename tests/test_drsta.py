@@ -306,3 +306,19 @@ def test_own_head_is_trainable_and_leaves_the_baseline(backbone) -> None:
 def test_own_start_config_errors(backbone, kw, match) -> None:
     with pytest.raises(ValueError, match=match):
         make(backbone, **kw)
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_preprocess_follows_the_backbones_input_size(backbone, count) -> None:
+    import numpy as np
+
+    from models.backbones import preprocess_crops
+
+    crops = np.random.default_rng(0).integers(0, 255, (count, 90, 40, 3), dtype=np.uint8)
+    model = make(backbone)
+    assert torch.equal(model.preprocess(crops), preprocess_crops(crops, size=(256, 128)))
+    backbone.input_size = (128, 64)  # a backbone that wants another size: callers need no change
+    try:
+        assert model.preprocess(crops).shape == (count, 3, 128, 64)
+    finally:
+        del backbone.input_size
