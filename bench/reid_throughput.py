@@ -10,13 +10,16 @@ and the embedding, so the head's extra cost is only the head. DRSTA is built wit
 head that starts at that baseline, the one trained by ``models.train_head``; ``paper``: 128-d FC after
 temporal pooling). Both models run in the same process on the same backbone instance, alternating, best of
 ``--repeats`` timed runs after a warm-up. The ratio is ``time(DRSTA) / time(own embedding)`` per tracklet:
-1.10 means DRSTA costs 10 % more (goal <= 1.10). Last line: one JSON object.
+1.10 means DRSTA costs 10 % more (goal <= 1.10). Torch runs with ``--torch-threads`` (default half the cores,
+as the re-ID worker runs it): with every core, torch's spinning worker threads after the head's ops slowed
+the next OpenVINO inference (ratio 1.8 instead of 1.06-1.10 on 2 cores). Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,12 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", nargs="+", default=["osnet_x0_25", "openvino_0277"])
     ap.add_argument("--start", choices=["own", "paper"], default="own", help="DRSTA head variant")
+    ap.add_argument(
+        "--attn-hidden", type=int, default=32, help="d of each spatial attention (32: the OpenVINO head)"
+    )
     ap.add_argument("--batch", type=int, default=4, help="tracklets per forward pass")
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="torch intra-op threads (default: half the cores, as the pipeline's re-ID worker sets them)",
+    )
     args = ap.parse_args(argv)
-    configure_torch()
+    configure_torch(args.torch_threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     results: dict[str, float | str | int] = {
@@ -62,11 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "frames": args.frames,
         "start": args.start,
+        "attn_hidden": args.attn_hidden,
+        "torch_threads": args.torch_threads,
     }
     for name in args.backbones:
         backbone = build_backbone(name, pretrained=False).to(device).eval()
         embed_dim = backbone.own_head().embed_dim if args.start == "own" else 128
-        cfg = DRSTAConfig(backbone=name, num_frames=args.frames, start=args.start, embed_dim=embed_dim)
+        cfg = DRSTAConfig(
+            backbone=name,
+            num_frames=args.frames,
+            start=args.start,
+            embed_dim=embed_dim,
+            attn_hidden=args.attn_hidden,
+        )
         drsta = DRSTA(cfg, backbone=backbone).to(device).eval()
         own = AvgPoolReID(backbone, num_frames=args.frames, pool="embedding").to(device).eval()
         x = torch.randn(args.batch, args.frames, 3, 256, 128, device=device)
