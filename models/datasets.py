@@ -499,20 +499,12 @@ def split_ids(ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[
 
 Reader = Callable[..., VideoReIDSplit]
 
-
-def _read_splitview(root: Path | str, **kwargs) -> VideoReIDSplit:
-    from models.splitview import read_splitview  # lazy: it imports this module
-
-    return read_splitview(root, **kwargs)
-
-
 DATASETS: dict[str, Reader] = {
     "mars": read_mars,
     "prid2011": read_prid2011,
     "ilidsvid": read_ilidsvid,
     "dukev": read_dukev,
     "folder": read_folder,
-    "splitview": _read_splitview,  # PETS09 split view GT tracklets, evaluation only (models.splitview)
 }
 
 

@@ -76,11 +76,14 @@ def load_records(
 ) -> tuple[list[TrackletRecord], list[TrackletRecord]]:
     """(query, gallery) of ``dataset`` under its protocol; the same list object twice when every tracklet is
     queried against all others (the folder layout)."""
+    if dataset == "splitview":  # evaluation-only GT tracklets: not a training dataset, so not in DATASETS
+        from models.splitview import read_splitview
+
+        records = list(read_splitview(root, look=look).query)
+        return records, records  # one list: every tracklet against the other camera, embedded once
     reader = get_reader(dataset)
     if dataset == "folder":
         data = reader(root, ids=ids)
-    elif dataset == "splitview":
-        data = reader(root, look=look)
     elif dataset in ("prid2011", "ilidsvid"):
         data = reader(root, split=split)
     else:
@@ -134,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--backbone", default="osnet_x0_25", help="backbone of --baseline")
     ap.add_argument("--backbone-weights", help="path or URL of the backbone weights")
-    ap.add_argument("--dataset", default="folder", choices=sorted(DATASETS))
+    ap.add_argument("--dataset", default="folder", choices=[*sorted(DATASETS), "splitview"])
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--ids", help="folder layout: identities to use (comma list, or JSON file with val_ids)")
     ap.add_argument("--split", type=int, default=0, help="PRID2011 / iLIDS-VID split number (0-9)")
-    ap.add_argument("--look", default="same", help="splitview: the right camera's look (same or unlike)")
+    ap.add_argument(
+        "--look", default="same", choices=["same", "unlike"], help="splitview: the right camera's look"
+    )
     ap.add_argument("--num-frames", type=int, default=6, help="N, frames the baseline samples per tracklet")
     ap.add_argument(
         "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
