@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{label} @ {frames or 'all'} frames"
                 results[key] = {**met.to_dict(), "cmc": [round(float(v), 4) for v in met.cmc[:20]]}
                 curves[key] = met.cmc
+                cmc = " ".join(f"{v:.2f}" for v in met.cmc[:5])
                 print(
-                    f"{key}: rank-1 {met.rank1:.3f}  mAP {met.mAP:.3f}  ({met.num_query} queries)", flush=True
+                    f"{key}: rank-1 {met.rank1:.3f}  mAP {met.mAP:.3f}  CMC@1-5 {cmc}  ({met.num_query} queries)"
                 )
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
