@@ -85,6 +85,7 @@ class Backbone(nn.Module):
 
     out_channels: int
     input_size: tuple[int, int] = INPUT_SIZE
+    weights_file: Path | None = None  # the local file the weights came from (None: random initialisation)
 
     def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).mean(dim=(2, 3))
@@ -169,7 +170,9 @@ def _build_resnet(
     path = resolve_weights(weights, sha256=sha256, name=f"{arch} ImageNet weights")
     if path is not None:
         load_state_dict_strict(net, load_state_dict_file(path), what=f"torchvision {arch}", source=path)
-    return ResNetBackbone(net)
+    backbone = ResNetBackbone(net)
+    backbone.weights_file = path
+    return backbone
 
 
 def _build_osnet_x0_25(
@@ -204,7 +207,9 @@ def _build_osnet_x0_25(
     # (a saved backbone loads into build_backbone(..., pretrained=False))
     net = OSNet(OSNetConfig())
     net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("classifier.")}, strict=True)
-    return OSNetBackbone(net)
+    backbone = OSNetBackbone(net)
+    backbone.weights_file = Path(path)
+    return backbone
 
 
 _OMZ = "assets/reid/openvino_person_reid"

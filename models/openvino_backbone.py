@@ -48,6 +48,7 @@ class OpenVINOBackbone(Backbone):
         if not path.is_file():
             raise FileNotFoundError(f"OpenVINO re-ID model not found: {path}")
         self.model_path = path
+        self.weights_file = path
         core = ov.Core()
         model = core.read_model(path)
         pool = _global_pool(model, path)

@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,6 @@ class FeatureBank:
     index: dict[str, int]
     grids: torch.Tensor
     embs: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def take(self, paths: list[str], flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         i = [self.index[p] for p in paths]
@@ -243,7 +242,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     )
 
     backbone = build_backbone(cfg.model.backbone, weights=cfg.backbone_weights, pretrained=True).to(device)
-    weights_path = Path(getattr(backbone, "model_path", cfg.backbone_weights or ""))
+    weights_path = Path(backbone.weights_file or "")
     sha = sha256_file(weights_path) if weights_path.is_file() else ""
     paths = sorted(p for r in everything for p in r.paths)
     flip_paths = {p for r in train_recs for p in r.paths}

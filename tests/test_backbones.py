@@ -388,3 +388,9 @@ def test_preprocess_crops_list_of_sizes() -> None:
 def test_preprocess_crops_rejects_bad_input(crops) -> None:
     with pytest.raises(ValueError, match="crop"):
         preprocess_crops(crops)
+
+
+def test_weights_file_names_what_was_loaded(osnet_msmt17: Path) -> None:
+    assert build_backbone("osnet_x0_25", pretrained=False).weights_file is None
+    assert build_backbone("osnet_x0_25", weights=osnet_msmt17).weights_file == osnet_msmt17
+    assert build_backbone("resnet18", pretrained=False).weights_file is None
