@@ -5,10 +5,13 @@
 | `resnet50`    | 2048         | (B, 2048, 8, 4) | torchvision ImageNet IMAGENET1K_V1 (downloaded, cached)   |
 | `resnet18`    | 512          | (B, 512, 8, 4)  | torchvision ImageNet IMAGENET1K_V1 (downloaded, cached)   |
 | `osnet_x0_25` | 128          | (B, 128, 16, 8) | `<shared>/assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth` |
+| `openvino_0277` (and `_0286`, `_0287`, `_0287_int8`, `_0288`, `_0267`) | 512 (384, 256, 256, 128, 256) | (B, D, 16, 8) | `<shared>/assets/reid/openvino_person_reid/...` (Intel OMZ, frozen, OpenVINO on the CPU) |
 
-ResNets stop at layer4 (res5c), stride 32; OSNet stops at conv5, stride 16 (its conv4 stage keeps the size).
-Inputs are (B, 3, H, W) float32 RGB scaled to [0, 1] and normalised with ``IMAGENET_MEAN`` / ``IMAGENET_STD``;
-``preprocess_crops`` makes them from BGR uint8 crops. ``<shared>`` is ``$REID_SHARED``, else ``../shared``
+ResNets stop at layer4 (res5c), stride 32; OSNet stops at conv5, stride 16 (its conv4 stage keeps the size);
+the OpenVINO models stop at the map feeding their learned depthwise global pooling (``models.openvino_backbone``).
+Inputs are (B, 3, H, W) float32 RGB scaled to [0, 1] and normalised with ``IMAGENET_MEAN`` / ``IMAGENET_STD``
+for every backbone (a backbone that wants other pixels converts them itself); ``Backbone.input_size`` is the
+(H, W) it needs and ``preprocess_crops(crops, size=backbone.input_size)`` makes its input from BGR uint8 crops. ``<shared>`` is ``$REID_SHARED``, else ``../shared``
 next to the repository root (the folder that contains ``models/``).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -42,17 +46,59 @@ def shared_dir() -> Path:
     return Path(os.environ.get("REID_SHARED", REPO_ROOT.parent / "shared"))
 
 
+@dataclass(frozen=True)
+class OwnHead:
+    """A backbone's own layers after its last spatial map, as plain tensors (no module, no training state).
+
+    The backbone's own per-image embedding is ``act(proj_weight @ pooled + proj_bias)`` with
+    ``pooled = mean_{h,w}(pool_weight ⊙ map) + pool_bias``; ``act`` is a PReLU of slope ``slope`` (1.0:
+    none, 0.0: ReLU). Shapes: pool_weight (D, h, w), or (D, 1, 1) for the same weight at every cell;
+    pool_bias (D,), proj_weight (E, D), proj_bias (E,). Plain global average pooling is ``pool_weight = 1``.
+    """
+
+    pool_weight: torch.Tensor
+    pool_bias: torch.Tensor
+    proj_weight: torch.Tensor
+    proj_bias: torch.Tensor
+    slope: float
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.proj_weight.shape[0])
+
+    def __call__(self, grid: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) map -> (B, E) the backbone's own embedding."""
+        pooled = (grid * self.pool_weight.to(grid)).mean(dim=(2, 3)) + self.pool_bias.to(grid)  # (B, D)
+        y = pooled @ self.proj_weight.to(grid).T + self.proj_bias.to(grid)
+        return torch.where(y >= 0, y, self.slope * y)
+
+
 class Backbone(nn.Module):
     """Contract: ``forward(x: (B, 3, H, W)) -> (B, out_channels, h, w)``, with ``out_channels: int``.
 
+    ``x`` is ImageNet-normalised RGB of size ``input_size`` (see the module docstring).
     ``image_embedding(x) -> (B, E)`` is the backbone's own per-image descriptor (global average pooling of
-    the grid unless the pretrained network has a head of its own), used by the average-pooling baseline.
+    the grid unless the pretrained network has a head of its own), used by the honest baseline (the same
+    backbone's own embedding mean-pooled over the tracklet); ``own_head()`` gives the layers that make it
+    from the grid, so a DRSTA head can start from them; ``features_and_embedding`` gives both in one pass.
     """
 
     out_channels: int
+    input_size: tuple[int, int] = INPUT_SIZE
+    weights_file: Path | None = None  # the local file the weights came from (None: random initialisation)
 
     def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).mean(dim=(2, 3))
+
+    def features_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> the grid (B, D, h, w) and the own embedding (B, E), the backbone run once."""
+        grid = self(x)
+        return grid, self.own_head()(grid)
+
+    def own_head(self) -> OwnHead:
+        """Default: global average pooling, no projection (the embedding is the pooled grid)."""
+        d = int(self.out_channels)
+        return OwnHead(torch.ones(d, 1, 1), torch.zeros(d), torch.eye(d), torch.zeros(d), 1.0)
 
 
 class ResNetBackbone(Backbone):
@@ -90,6 +136,19 @@ class OSNetBackbone(Backbone):
     def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
         return self.osnet.embed(x)  # conv5 -> pool -> fc 512 (what the checkpoint was trained to output)
 
+    def own_head(self) -> OwnHead:
+        """Average pooling, then fc = Linear + BatchNorm1d (eval statistics, folded) + ReLU."""
+        linear, bn = self.osnet.fc[0], self.osnet.fc[1]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (E,)
+        d = int(self.out_channels)
+        return OwnHead(
+            pool_weight=torch.ones(d, 1, 1),
+            pool_bias=torch.zeros(d),
+            proj_weight=(linear.weight * scale[:, None]).detach().clone(),
+            proj_bias=((linear.bias - bn.running_mean) * scale + bn.bias).detach().clone(),
+            slope=0.0,
+        )
+
 
 def _build_resnet(
     arch: str, *, weights: str | Path | None, weights_sha256: str | None, pretrained: bool
@@ -111,7 +170,9 @@ def _build_resnet(
     path = resolve_weights(weights, sha256=sha256, name=f"{arch} ImageNet weights")
     if path is not None:
         load_state_dict_strict(net, load_state_dict_file(path), what=f"torchvision {arch}", source=path)
-    return ResNetBackbone(net)
+    backbone = ResNetBackbone(net)
+    backbone.weights_file = path
+    return backbone
 
 
 def _build_osnet_x0_25(
@@ -146,13 +207,42 @@ def _build_osnet_x0_25(
     # (a saved backbone loads into build_backbone(..., pretrained=False))
     net = OSNet(OSNetConfig())
     net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("classifier.")}, strict=True)
-    return OSNetBackbone(net)
+    backbone = OSNetBackbone(net)
+    backbone.weights_file = Path(path)
+    return backbone
+
+
+_OMZ = "assets/reid/openvino_person_reid"
+# Intel OMZ re-ID models in the shared folder (relative to shared_dir()); see the README there.
+OPENVINO_MODELS: dict[str, str] = {
+    "openvino_0277": f"{_OMZ}/person-reidentification-retail-0277/FP16/person-reidentification-retail-0277.xml",
+    "openvino_0286": f"{_OMZ}/person-reidentification-retail-0286/FP16/person-reidentification-retail-0286.xml",
+    "openvino_0287": f"{_OMZ}/person-reidentification-retail-0287/FP32/person-reidentification-retail-0287.xml",
+    "openvino_0287_int8": f"{_OMZ}/person-reidentification-retail-0287/FP16-INT8/person-reidentification-retail-0287.xml",
+    "openvino_0288": f"{_OMZ}/person-reidentification-retail-0288/FP32/person-reidentification-retail-0288.xml",
+    "openvino_0267": f"{_OMZ}/person-reidentification-retail-0267.onnx",
+}
+
+
+def _build_openvino(
+    rel: str, *, weights: str | Path | None, weights_sha256: str | None, pretrained: bool
+) -> Backbone:
+    """An OMZ model through OpenVINO. It is always the pretrained network (``pretrained`` is ignored: a frozen
+    third-party net has no random initialisation worth building); ``weights`` overrides the model file
+    (a local ``.xml`` or ``.onnx``; with ``weights_sha256`` its hash is checked)."""
+    from models.openvino_backbone import OpenVINOBackbone  # lazy: imports openvino
+
+    local = Path(weights) if weights is not None else shared_dir() / rel  # a Path: never a download
+    return OpenVINOBackbone(
+        resolve_weights(local, sha256=weights_sha256, name=f"OpenVINO model {local.name}")
+    )
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet50": partial(_build_resnet, "resnet50"),
     "resnet18": partial(_build_resnet, "resnet18"),
     "osnet_x0_25": _build_osnet_x0_25,
+    **{name: partial(_build_openvino, rel) for name, rel in OPENVINO_MODELS.items()},
 }
 
 

@@ -46,14 +46,24 @@ def save_checkpoint(
     backbone_weights: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    head_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint."""
+    """Write atomically (temp file + rename), so a crash never leaves a half-written checkpoint.
+
+    head_dtype: store the head's floating-point tensors in this dtype (e.g. ``torch.float16`` to halve a
+    committed file); loading casts them back to the model's dtype.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "config": {k: v for k, v in vars(model.cfg).items()},
-        "head": {k: v.detach().cpu() for k, v in model.head_state_dict().items()},
+        "head": {
+            k: v.detach().cpu().to(head_dtype)
+            if head_dtype is not None and v.is_floating_point()
+            else v.detach().cpu()
+            for k, v in model.head_state_dict().items()
+        },
         "meta": meta or {},
     }
     if include_backbone:
@@ -166,6 +176,18 @@ def load_drsta(
     return build_model_from_checkpoint(payload, path=path, backbone_weights=backbone_weights).to(device)
 
 
+def checkpoint_threshold(path: str | Path | None = None) -> float | None:
+    """The matching threshold (cosine) calibrated for this checkpoint, or None when it records none.
+
+    ``path`` None means the default checkpoint. The operating point it stands for is in
+    ``read_checkpoint(path)["meta"]["operating_point"]`` (see ``models.calibrate``). Raises CheckpointError
+    as :func:`read_checkpoint` does.
+    """
+    meta = read_checkpoint(DEFAULT_CHECKPOINT if path is None else path).get("meta", {})
+    value = meta.get("threshold")
+    return None if value is None else float(value)
+
+
 def load_avgpool_baseline(
     backbone: str,
     backbone_weights: str | Path | None,
@@ -197,6 +219,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_BACKBONE_WEIGHTS",
     "build_model_from_checkpoint",
+    "checkpoint_threshold",
     "load_avgpool_baseline",
     "load_drsta",
     "read_checkpoint",

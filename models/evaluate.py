@@ -1,13 +1,23 @@
-"""Evaluate a re-ID model on a video re-ID dataset: CMC (rank-1/5/10/20) and mAP.
+"""Evaluate a re-ID model against the honest baseline: CMC (rank-1/5/10/20), mAP and the CMC curve.
 
-    python -m models.evaluate [--checkpoint CKPT] --dataset folder --root DIR [--json OUT] [--plot CMC.png]
-    python -m models.evaluate --baseline avgpool --backbone osnet_x0_25 --backbone-weights PATH --dataset ...
+    python -m models.evaluate [--checkpoint CKPT] --dataset folder --root DIR [--frames 6 2] [--json OUT] [--plot CMC.png]
+    python -m models.evaluate --baseline own --backbone openvino_0277 --dataset folder --root DIR ...
 
-Without ``--checkpoint`` the project's default checkpoint is evaluated. For the folder layout every tracklet
-is a query against the tracklets of the other cameras (same identity + same camera is discarded, the
-standard cross-camera rule); ``--ids`` restricts the identities (a comma list, or a JSON file with a
-``val_ids`` list, such as the one written next to the default checkpoint). Other datasets use their official
-query/gallery protocol.
+Without ``--baseline`` the checkpoint (default: the project's default checkpoint) is evaluated **and** compared
+with the honest baseline: the same backbone's own per-image embedding mean-pooled over the same frames of
+each tracklet (``--compare none`` skips it). ``--baseline own`` evaluates only that baseline; ``--baseline
+avgpool`` averages the raw feature grid (what DRSTA attends over, not a deployable model: kept to show what
+the map alone is worth). ``--frames`` lists the frames-per-tracklet settings: each tracklet is first cut to
+that many frames (restricted random sampling, test mode: the first frame of each chunk), then the model
+samples its N frames from them (a short tracklet repeats frames), so model and baseline see the same pixels.
+
+Protocol: for the folder layout every tracklet is a query against the tracklets of the other cameras (same
+identity + same camera is discarded; other people from the same camera stay in the gallery: the standard
+cross-camera rule); ``--ids`` restricts the identities (a comma list, or a JSON file with a ``val_ids`` list,
+such as the one written next to the default checkpoint). Other datasets use their official query/gallery.
+Prints one line per (model, frames) and, last, one JSON object: the first model (the checkpoint, or the
+baseline asked for) at the first ``--frames`` setting as top-level keys (``rank1``, ``mAP``, ...), and every
+(model, frames) run under ``"runs"`` with its first 20 CMC values.
 """
 
 from __future__ import annotations
@@ -15,12 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from models.checkpoint import CheckpointError, load_avgpool_baseline, load_drsta, resolve_device
-from models.datasets import DATASETS, get_reader
+from models.datasets import DATASETS, TrackletRecord, get_reader
+from models.drsta import AvgPoolReID
 from models.metrics import ReIDMetrics
 from models.runtime import configure_torch
+from models.sampling import restricted_random_sample
 from models.train import evaluate_records
 
 
@@ -39,9 +52,35 @@ def parse_ids(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
-def evaluate_model(
-    model, dataset: str, root: str | Path, *, ids=None, split: int = 0, device="cpu"
-) -> ReIDMetrics:
+def cut_tracklets(records: list[TrackletRecord], frames: int | None) -> list[TrackletRecord]:
+    """Each tracklet cut to ``frames`` frames (test-mode restricted random sampling); None keeps them all.
+
+    A tracklet with fewer frames keeps all of them (no repeats here: the model's own sampling repeats).
+    """
+    if frames is None:
+        return list(records)
+    if frames < 1:
+        raise ValueError(f"frames: expected >= 1, got {frames}")
+    out = []
+    for r in records:
+        if len(r.paths) <= frames:
+            out.append(r)
+            continue
+        idx = restricted_random_sample(len(r.paths), frames, train=False)
+        out.append(replace(r, paths=tuple(r.paths[i] for i in idx)))
+    return out
+
+
+def load_records(
+    dataset: str, root: str | Path, *, ids=None, split: int = 0, look: str = "same"
+) -> tuple[list[TrackletRecord], list[TrackletRecord]]:
+    """(query, gallery) of ``dataset`` under its protocol; the same list object twice when every tracklet is
+    queried against all others (the folder layout)."""
+    if dataset == "splitview":  # evaluation-only GT tracklets: not a training dataset, so not in DATASETS
+        from models.splitview import read_splitview
+
+        records = list(read_splitview(root, look=look).query)
+        return records, records  # one list: every tracklet against the other camera, embedded once
     reader = get_reader(dataset)
     if dataset == "folder":
         data = reader(root, ids=ids)
@@ -52,8 +91,36 @@ def evaluate_model(
     query, gallery = list(data.query), list(data.gallery)
     if not query or not gallery:
         raise ValueError(f"{root}: dataset {dataset!r} has no query or no gallery tracklets")
-    # readers whose protocol is "every tracklet against the other cameras" give equal lists: embed once
-    return evaluate_records(model, query, query if gallery == query else gallery, device)
+    return (query, query) if gallery == query else (query, gallery)
+
+
+def evaluate_model(
+    model,
+    dataset: str,
+    root: str | Path,
+    *,
+    ids=None,
+    split: int = 0,
+    device="cpu",
+    frames: int | None = None,
+) -> ReIDMetrics:
+    """Metrics of ``model`` on ``dataset`` with every tracklet cut to ``frames`` frames (None: all)."""
+    query, gallery = load_records(dataset, root, ids=ids, split=split)
+    return evaluate_on(model, query, gallery, device=device, frames=frames)
+
+
+def evaluate_on(
+    model, query: list[TrackletRecord], gallery: list[TrackletRecord], *, device="cpu", frames: int | None
+) -> ReIDMetrics:
+    same = gallery is query
+    q = cut_tracklets(query, frames)
+    g = q if same else cut_tracklets(gallery, frames)
+    return evaluate_records(model, q, g, device)  # one list for both: embedded once
+
+
+def own_baseline_of(model, device) -> AvgPoolReID:
+    """The honest baseline of ``model``: its backbone's own embedding, mean-pooled over the same N frames."""
+    return AvgPoolReID(model.backbone, num_frames=model.num_frames, pool="embedding").to(device).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,49 +128,77 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", help="DRSTA checkpoint (default: the project's default checkpoint)")
     ap.add_argument(
         "--baseline",
-        choices=["avgpool", "avgpool-embedding"],
-        help="instead of a checkpoint, a pretrained backbone with temporal average pooling of its feature grid "
-        "(avgpool: the features DRSTA sees) or of its own image embedding (avgpool-embedding: OSNet's 512-d head)",
+        choices=["own", "avgpool"],
+        help="instead of a checkpoint: own = the backbone's own embedding mean-pooled over the tracklet (the "
+        "honest baseline); avgpool = mean of the raw feature grid (not deployable, for reference only)",
     )
-    ap.add_argument("--backbone", default="osnet_x0_25", help="backbone of the baseline")
+    ap.add_argument(
+        "--compare", choices=["own", "none"], default="own", help="baseline printed beside a checkpoint"
+    )
+    ap.add_argument("--backbone", default="osnet_x0_25", help="backbone of --baseline")
     ap.add_argument("--backbone-weights", help="path or URL of the backbone weights")
-    ap.add_argument("--dataset", default="folder", choices=sorted(DATASETS))
+    ap.add_argument("--dataset", default="folder", choices=[*sorted(DATASETS), "splitview"])
     ap.add_argument("--root", required=True, help="dataset root folder")
     ap.add_argument("--ids", help="folder layout: identities to use (comma list, or JSON file with val_ids)")
     ap.add_argument("--split", type=int, default=0, help="PRID2011 / iLIDS-VID split number (0-9)")
-    ap.add_argument("--num-frames", type=int, default=6, help="frames per tracklet for the baseline")
+    ap.add_argument(
+        "--look", default="same", choices=["same", "unlike"], help="splitview: the right camera's look"
+    )
+    ap.add_argument("--num-frames", type=int, default=6, help="N, frames the baseline samples per tracklet")
+    ap.add_argument(
+        "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="write the metrics as JSON here")
-    ap.add_argument("--plot", help="draw the CMC curve into this PNG")
+    ap.add_argument("--plot", help="draw the CMC curves into this PNG")
     args = ap.parse_args(argv)
     configure_torch()
     try:
         device = resolve_device(args.device)
+        models: dict[str, object] = {}
         if args.baseline:
-            pool = "grid" if args.baseline == "avgpool" else "embedding"
-            model = load_avgpool_baseline(
+            pool = "embedding" if args.baseline == "own" else "grid"
+            models[
+                f"{args.backbone} {'own embedding' if pool == 'embedding' else 'grid mean'}, mean-pooled"
+            ] = load_avgpool_baseline(
                 args.backbone, args.backbone_weights, num_frames=args.num_frames, pool=pool, device=device
             )
-            label = f"{args.baseline} {args.backbone}"
         else:
             model = load_drsta(args.checkpoint, backbone_weights=args.backbone_weights, device=device)
-            label = f"DRSTA {Path(args.checkpoint).name if args.checkpoint else '(default checkpoint)'}"
-        m = evaluate_model(
-            model, args.dataset, args.root, ids=parse_ids(args.ids), split=args.split, device=device
+            name = Path(args.checkpoint).name if args.checkpoint else "default checkpoint"
+            models[f"DRSTA ({name})"] = model
+            if args.compare == "own":
+                models[f"{model.cfg.backbone} own embedding, mean-pooled"] = own_baseline_of(model, device)
+        query, gallery = load_records(
+            args.dataset, args.root, ids=parse_ids(args.ids), split=args.split, look=args.look
         )
+        results: dict[str, dict] = {}
+        curves = {}
+        for frames in args.frames:
+            for label, m in models.items():
+                met = evaluate_on(m, query, gallery, device=device, frames=frames or None)
+                key = f"{label} @ {frames or 'all'} frames"
+                results[key] = {**met.to_dict(), "cmc": [round(float(v), 4) for v in met.cmc[:20]]}
+                curves[key] = met.cmc
+                cmc = " ".join(f"{v:.2f}" for v in met.cmc[:5])
+                print(
+                    f"{key}: rank-1 {met.rank1:.3f}  mAP {met.mAP:.3f}  CMC@1-5 {cmc}  ({met.num_query} queries)"
+                )
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    result = m.to_dict()
-    print(json.dumps(result))
+    first = next(iter(results.values()))
+    out = {**{k: v for k, v in first.items() if k != "cmc"}, "runs": results}
+    print(json.dumps(out))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     if args.plot:
         from models.plots import plot_cmc
 
-        plot_cmc({label: m.cmc}, Path(args.plot), title=f"CMC on {args.dataset} ({m.num_query} queries)")
+        n = next(iter(results.values()))["num_query"]
+        plot_cmc(curves, Path(args.plot), title=f"CMC on {args.dataset} ({n} queries)", max_rank=20)
     return 0
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.backbones import preprocess_crops
 from models.checkpoint import CheckpointError, load_drsta, resolve_device
 from models.drsta import DRSTA
 from models.plots import plot_attention
@@ -50,7 +49,7 @@ def draw_tracklet_attention(model: DRSTA, files: list[Path], out: str | Path, ti
             raise ValueError(f"{files[i]}: unreadable image")
         images.append(img)
     crops = np.stack([cv2.resize(im, (128, 256), interpolation=cv2.INTER_LINEAR) for im in images])
-    x = preprocess_crops(crops)[None].to(next(model.parameters()).device)  # (1, N, 3, 256, 128)
+    x = model.preprocess(crops)[None].to(next(model.parameters()).device)  # (1, N, 3, H, W)
     res = model.embed(x)
     h, w = res.grid_size
     spatial = res.spatial_attention[0].cpu().numpy()  # (N, K, L)

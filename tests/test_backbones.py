@@ -19,6 +19,7 @@ from models.backbones import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    OPENVINO_MODELS,
     Backbone,
     build_backbone,
     preprocess_crops,
@@ -70,8 +71,9 @@ def test_backbone_output_shape(name: str, out_channels: int, grid: tuple[int, in
     assert torch.isfinite(y).all()
 
 
-def test_backbones_dict_lists_the_three() -> None:
-    assert set(BACKBONES) == {"resnet50", "resnet18", "osnet_x0_25"}
+def test_backbones_dict_lists_torch_and_openvino_backbones() -> None:
+    assert {"resnet50", "resnet18", "osnet_x0_25"} < set(BACKBONES)
+    assert {name for name in BACKBONES if name.startswith("openvino_")} == set(OPENVINO_MODELS)
 
 
 @pytest.mark.parametrize("name", ["resnet", "OSNet_x0_25", "", "resnet50 "])
@@ -386,3 +388,9 @@ def test_preprocess_crops_list_of_sizes() -> None:
 def test_preprocess_crops_rejects_bad_input(crops) -> None:
     with pytest.raises(ValueError, match="crop"):
         preprocess_crops(crops)
+
+
+def test_weights_file_names_what_was_loaded(osnet_msmt17: Path) -> None:
+    assert build_backbone("osnet_x0_25", pretrained=False).weights_file is None
+    assert build_backbone("osnet_x0_25", weights=osnet_msmt17).weights_file == osnet_msmt17
+    assert build_backbone("resnet18", pretrained=False).weights_file is None

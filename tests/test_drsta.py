@@ -247,3 +247,78 @@ def test_softmax_loss_decreases_with_training():
         loss.backward()
         opt.step()
     assert loss.item() < first * 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# start="own": the untrained head is the honest baseline (the backbone's own embedding mean-pooled)
+
+
+@pytest.mark.parametrize(
+    ("name", "embed_dim", "frames_per_tracklet"),
+    [("resnet18", 512, 4), ("resnet18", 512, 1), ("osnet_x0_25", 512, 4), ("openvino_0277", 256, 4)],
+)
+def test_untrained_own_head_equals_the_own_embedding_baseline(name, embed_dim, frames_per_tracklet) -> None:
+    from models.backbones import OPENVINO_MODELS
+    from tests.conftest import shared_path
+
+    if name == "openvino_0277":
+        shared_path(OPENVINO_MODELS[name])
+        net = build_backbone(name)
+    elif name == "osnet_x0_25":
+        shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
+        net = build_backbone(name)
+    else:
+        net = build_backbone(name, pretrained=False).eval()
+    torch.manual_seed(3)
+    cfg = DRSTAConfig(
+        backbone=name, num_parts=3, num_frames=4, attn_hidden=16, embed_dim=embed_dim, start="own"
+    )
+    model = DRSTA(cfg, backbone=net)
+    base = AvgPoolReID(net, num_frames=4, pool="embedding")
+    x = torch.randn(2, frames_per_tracklet, 3, 256, 128).repeat_interleave(4 // frames_per_tracklet, dim=1)
+    got, want = model.embed(x), base.embed(x)
+    assert torch.allclose(got.embeddings, want.embeddings, atol=1e-5)
+    cells = got.spatial_attention.shape[-1]  # uniform attention at the start
+    assert torch.allclose(got.spatial_attention, torch.full_like(got.spatial_attention, 1 / cells))
+    # and training moves it: the head is not frozen at the baseline
+    assert any(p.requires_grad for p in model.head_parameters())
+
+
+def test_own_head_is_trainable_and_leaves_the_baseline(backbone) -> None:
+    model = make(backbone, start="own", embed_dim=512)
+    x = frames()
+    before = model.embed(x).embeddings
+    opt = torch.optim.SGD(model.head_parameters(), lr=0.5)
+    out = model(x)
+    (out.embeddings[:, 0].sum() + diversity_hellinger(out.spatial_attention)).backward()
+    opt.step()
+    assert not torch.allclose(model.embed(x).embeddings, before)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"start": "own", "embed_dim": 128}, "embed_dim"),
+        ({"start": "own", "bn_neck": True}, "bn_neck"),
+        ({"start": "nope"}, "start"),
+    ],
+)
+def test_own_start_config_errors(backbone, kw, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        make(backbone, **kw)
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_preprocess_follows_the_backbones_input_size(backbone, count) -> None:
+    import numpy as np
+
+    from models.backbones import preprocess_crops
+
+    crops = np.random.default_rng(0).integers(0, 255, (count, 90, 40, 3), dtype=np.uint8)
+    model = make(backbone)
+    assert torch.equal(model.preprocess(crops), preprocess_crops(crops, size=(256, 128)))
+    backbone.input_size = (128, 64)  # a backbone that wants another size: callers need no change
+    try:
+        assert model.preprocess(crops).shape == (count, 3, 128, 64)
+    finally:
+        del backbone.input_size

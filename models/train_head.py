@@ -1,0 +1,417 @@
+"""Train a DRSTA head that starts at its backbone's honest baseline, on cached frozen features; keep it only
+if validation improves.
+
+    python -m models.train_head --config configs/drsta_head_pku_openvino_0277.yaml [--out DIR]
+
+1. The head is built with ``start: own`` (``models.drsta``): uniform spatial attentions (zero logits) gating
+   cells weighted by the backbone's own pooling weights, zero-residual enhancement, uniform temporal
+   attention, and the backbone's own projection per frame. Untrained, it *is* the backbone's own embedding
+   mean-pooled over the tracklet.
+2. Backbone maps and own embeddings of every image (and its mirror image, for training ids) are computed
+   once and cached (``cache_dir``, outside the repository; float16 maps), so the head trains in minutes.
+3. Training ids are the folder's identities minus ``val_ids`` (the held-out ids of the default checkpoint's
+   split); ``select_fraction`` of them are set aside to pick the best epoch, so the validation ids decide
+   only once, at the end: the trained head is kept when, at every ``eval_frames`` setting, it is at least
+   the baseline in rank-1 and mAP on the validation ids and better in their sum; else the untrained head
+   (the baseline itself) is written, and ``meta["improved"]`` says which.
+4. The matching threshold is calibrated on the validation ids' cross-camera pairs (``models.calibrate``)
+   and stored in the checkpoint with its operating point.
+
+Writes ``out/head.pt`` (head only; the backbone is referenced by its path relative to the repository and
+its sha256), ``out/head.json`` (split, metrics, history) and ``out/cmc_val.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from models.backbones import build_backbone, preprocess_crops
+from models.calibrate import calibrate_threshold, cross_camera_pairs
+from models.checkpoint import REPO_ROOT, resolve_device, save_checkpoint
+from models.datasets import PKSampler, TrackletRecord, read_folder, read_image_bgr, split_ids
+from models.drsta import DRSTA, DRSTAConfig
+from models.losses import OIMLoss, diversity_penalty
+from models.metrics import ReIDMetrics, evaluate_all_vs_other_cameras
+from models.runtime import configure_torch
+from models.sampling import restricted_random_sample
+from models.weights import sha256_file
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    """Everything a head-training run depends on (YAML keys = field names; ``model`` is a DRSTAConfig)."""
+
+    model: DRSTAConfig
+    root: str = "../shared/data/pku-reid"
+    backbone_weights: str | None = None  # None: the backbone's default file in ../shared
+    val_ids: tuple[str, ...] = ()  # held out: never trained on, used once for the keep decision
+    select_fraction: float = 0.2  # of the training ids, to pick the best epoch
+    seed: int = 0
+    epochs: int = 30
+    lr: float = 3e-4
+    weight_decay: float = 5e-4
+    batch_p: int = 8
+    batch_k: int = 2
+    loss: str = (
+        "cross_camera"  # "cross_camera" (see cross_camera_loss) or "oim" (table starts at the baseline)
+    )
+    temperature: float = 0.05  # of the cosine logits, both losses
+    oim_momentum: float = 0.5
+    reg_weight: float = 0.1  # diversity term Q (Eq. 9)
+    min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
+    eval_frames: tuple[int, ...] = (6, 2)
+    max_false_merge: float = 0.01
+    head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
+    device: str = "auto"
+    cache_dir: str = "~/.cache/reid-pipeline/features"
+    out: str = "runs/head"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> HeadTrainConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown} (valid: {sorted(known)})")
+        if "model" not in raw:
+            raise ValueError(f"{path}: 'model' (the DRSTA config) is required")
+        raw["model"] = DRSTAConfig.from_dict(raw["model"])
+        if raw.get("loss", "cross_camera") not in LOSSES:
+            raise ValueError(f"{path}: loss: expected one of {LOSSES}, got {raw['loss']!r}")
+        for k in ("val_ids", "eval_frames"):
+            if k in raw:
+                raw[k] = tuple(raw[k])
+        return cls(**raw)
+
+
+@dataclass
+class FeatureBank:
+    """Cached backbone outputs: per image path, maps (2, D, h, w) float16 and own embeddings (2, E); index 1
+    is the mirror image (zeros where not computed)."""
+
+    index: dict[str, int]
+    grids: torch.Tensor
+    embs: torch.Tensor
+
+    def take(self, paths: list[str], flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        i = [self.index[p] for p in paths]
+        return self.grids[i, int(flip)].float(), self.embs[i, int(flip)]
+
+
+def build_bank(
+    backbone, paths: list[str], flip_paths: set[str], cache_file: Path, batch: int = 32
+) -> FeatureBank:
+    """Load ``cache_file`` if it holds exactly these paths, else compute (progress bar) and save it."""
+    if cache_file.is_file():
+        data = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if data.get("paths") == paths:
+            return FeatureBank({p: i for i, p in enumerate(paths)}, data["grids"], data["embs"])
+    grids, embs = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(paths), batch), desc="caching backbone features", unit="batch"):
+            chunk = paths[i : i + batch]
+            x = preprocess_crops([read_image_bgr(p) for p in chunk], size=backbone.input_size)
+            g0, e0 = backbone.features_and_embedding(x)
+            flip = torch.tensor([p in flip_paths for p in chunk])
+            g1, e1 = torch.zeros_like(g0), torch.zeros_like(e0)
+            if flip.any():
+                g1[flip], e1[flip] = backbone.features_and_embedding(x[flip].flip(-1))
+            grids.append(torch.stack([g0, g1], 1).half())
+            embs.append(torch.stack([e0, e1], 1).float())
+    bank = FeatureBank({p: i for i, p in enumerate(paths)}, torch.cat(grids), torch.cat(embs))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"paths": paths, "grids": bank.grids, "embs": bank.embs}, tmp)
+    os.replace(tmp, cache_file)
+    return bank
+
+
+def cut(record: TrackletRecord, frames: int, train: bool, rng: np.random.Generator | None) -> list[str]:
+    """The tracklet's paths cut to ``frames`` (restricted random sampling; all when it is shorter)."""
+    if len(record.paths) <= frames:
+        return list(record.paths)
+    return [
+        record.paths[i] for i in restricted_random_sample(len(record.paths), frames, train=train, rng=rng)
+    ]
+
+
+def head_embeddings(
+    model: DRSTA, bank: FeatureBank, records: list[TrackletRecord], frames: int, device
+) -> np.ndarray:
+    """Test-time embeddings from cached maps, tracklets cut to ``frames`` then sampled to the model's N."""
+    n = model.num_frames
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for r in records:
+            kept = cut(r, frames, False, None)
+            paths = [kept[i] for i in restricted_random_sample(len(kept), n, train=False)]
+            grids, _ = bank.take(paths)
+            out.append(model.forward_features(grids.to(device), n).embeddings.cpu())
+    return torch.cat(out).numpy()
+
+
+def baseline_embeddings(bank: FeatureBank, records: list[TrackletRecord], frames: int, n: int) -> np.ndarray:
+    """The honest baseline from cached own embeddings: mean over the same N sampled frames, L2-normalised."""
+    out = []
+    for r in records:
+        kept = cut(r, frames, False, None)
+        _, e = bank.take([kept[i] for i in restricted_random_sample(len(kept), n, train=False)])
+        out.append(torch.nn.functional.normalize(e.mean(0), dim=0))
+    return torch.stack(out).numpy()
+
+
+def metrics_of(emb: np.ndarray, records: list[TrackletRecord]) -> ReIDMetrics:
+    return evaluate_all_vs_other_cameras(
+        emb, np.array([r.pid for r in records]), np.array([r.camid for r in records])
+    )
+
+
+LOSSES = ("cross_camera", "oim")
+
+
+def cross_camera_loss(
+    emb: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The evaluation protocol as a loss: each tracklet ranks the batch's tracklets from *other* cameras.
+
+    emb (B, E) unit norm, pids (B,), cams (B,). Softmax over the other-camera tracklets of cosine /
+    temperature; the loss is -log of the probability mass on the same person, averaged over tracklets that
+    have one (a batch of P ids x their two cameras gives every tracklet one).
+    """
+    logits = emb @ emb.T / temperature  # (B, B)
+    other = cams[:, None] != cams[None, :]
+    pos = other & (pids[:, None] == pids[None, :])
+    logits = logits.masked_fill(~other, float("-inf"))
+    has = pos.any(dim=1)
+    if not has.any():
+        return emb.sum() * 0.0
+    log_all = torch.logsumexp(logits[has], dim=1)
+    log_pos = torch.logsumexp(logits[has].masked_fill(~pos[has], float("-inf")), dim=1)
+    return (log_all - log_pos).mean()
+
+
+def metrics_dict(ms: dict[int, ReIDMetrics]) -> dict[str, dict[str, Any]]:
+    """{frames: {"rank1", "mAP", "cmc" (first 20 ranks)}} for JSON."""
+    return {
+        str(f): {"rank1": m.rank1, "mAP": m.mAP, "cmc": [round(float(c), 4) for c in m.cmc[:20]]}
+        for f, m in ms.items()
+    }
+
+
+def score(ms: dict[int, ReIDMetrics]) -> float:
+    return sum(m.rank1 + m.mAP for m in ms.values())
+
+
+def beats(head: dict[int, ReIDMetrics], base: dict[int, ReIDMetrics]) -> bool:
+    """At least the baseline in rank-1 and mAP at every setting, and better in their sum."""
+    eps = 1e-9
+    no_worse = all(head[f].rank1 >= base[f].rank1 - eps and head[f].mAP >= base[f].mAP - eps for f in head)
+    return no_worse and score(head) > score(base) + eps
+
+
+def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
+    """Run the recipe in the module docstring; return the summary written to ``out/head.json``."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    root = Path(cfg.root)
+    everything = read_folder(root).gallery
+    id_of = {r.tracklet_id: r.tracklet_id.split("/")[0] for r in everything}
+    all_ids = sorted(set(id_of.values()))
+    missing = sorted(set(cfg.val_ids) - set(all_ids))
+    if missing or not cfg.val_ids:
+        raise ValueError(f"val_ids: need held-out ids present under {root}; missing {missing[:3]}")
+    pool_ids = [i for i in all_ids if i not in set(cfg.val_ids)]
+    train_ids, select_ids = split_ids(pool_ids, cfg.select_fraction, cfg.seed)
+    train_recs, select_recs, val_recs = (
+        [r for r in everything if id_of[r.tracklet_id] in set(ids)]
+        for ids in (train_ids, select_ids, cfg.val_ids)
+    )
+
+    backbone = build_backbone(cfg.model.backbone, weights=cfg.backbone_weights, pretrained=True).to(device)
+    weights_path = Path(backbone.weights_file or "")
+    sha = sha256_file(weights_path) if weights_path.is_file() else ""
+    paths = sorted(p for r in everything for p in r.paths)
+    flip_paths = {p for r in train_recs for p in r.paths}
+    key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, paths]).encode()).hexdigest()[:16]
+    bank = build_bank(
+        backbone, paths, flip_paths, Path(cfg.cache_dir).expanduser() / f"{cfg.model.backbone}-{key}.pt"
+    )
+
+    model = DRSTA(cfg.model, backbone=backbone).to(device)
+    n = cfg.model.num_frames
+
+    def evaluate(records: list[TrackletRecord]) -> dict[int, ReIDMetrics]:
+        return {
+            f: metrics_of(head_embeddings(model, bank, records, f, device), records) for f in cfg.eval_frames
+        }
+
+    base_val = {f: metrics_of(baseline_embeddings(bank, val_recs, f, n), val_recs) for f in cfg.eval_frames}
+    base_sel = {
+        f: metrics_of(baseline_embeddings(bank, select_recs, f, n), select_recs) for f in cfg.eval_frames
+    }
+    start_state = {k: v.detach().clone() for k, v in model.head_state_dict().items()}
+
+    pid_map = {pid: i for i, pid in enumerate(sorted({r.pid for r in train_recs}))}
+    oim = OIMLoss(cfg.model.embed_dim, len(pid_map), momentum=cfg.oim_momentum, temperature=cfg.temperature)
+    with torch.no_grad():  # the table starts at the baseline's identity means (the head starts there too)
+        base_train = torch.from_numpy(baseline_embeddings(bank, train_recs, 8, n))
+        for r, e in zip(train_recs, base_train, strict=True):
+            oim.lut[pid_map[r.pid]] += e
+        oim.lut.copy_(torch.nn.functional.normalize(oim.lut, dim=1))
+    oim = oim.to(device)
+    params = model.head_parameters()
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    sampler = PKSampler(train_recs, min(cfg.batch_p, len(pid_map)), cfg.batch_k, seed=cfg.seed)
+    best = (score(base_sel), -1, start_state)  # epoch -1: the untrained head, i.e. the baseline
+    history = []
+    bar = tqdm(range(cfg.epochs), desc="training head", unit="ep")
+    for epoch in bar:
+        model.train()
+        model.backbone.eval()
+        tot = 0.0
+        batches = list(sampler)
+        for batch in batches:
+            recs = [train_recs[i] for i in batch]
+            grids = []
+            for r in recs:
+                kept = cut(r, int(rng.integers(cfg.min_frames, len(r.paths) + 1)), True, rng)
+                picks = [kept[i] for i in restricted_random_sample(len(kept), n, train=True, rng=rng)]
+                grids.append(bank.take(picks, flip=bool(rng.random() < 0.5))[0])
+            res = model.forward_features(torch.cat(grids).to(device), n)
+            targets = torch.tensor([pid_map[r.pid] for r in recs], device=device)
+            if cfg.loss == "oim":
+                l_id = oim(res.embeddings, targets)
+            else:
+                cams = torch.tensor([r.camid for r in recs], device=device)
+                l_id = cross_camera_loss(res.embeddings, targets, cams, cfg.temperature)
+            loss = l_id + cfg.reg_weight * diversity_penalty("hellinger", res.spatial_attention)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += loss.item() / len(batches)
+        sched.step()
+        sel = evaluate(select_recs)
+        row = {
+            "epoch": epoch + 1,
+            "loss": tot,
+            **{f"select_r1@{f}": m.rank1 for f, m in sel.items()},
+            **{f"select_mAP@{f}": m.mAP for f, m in sel.items()},
+        }
+        history.append(row)
+        if beats(sel, base_sel) and score(sel) > best[0]:
+            best = (
+                score(sel),
+                epoch + 1,
+                {k: v.detach().clone() for k, v in model.head_state_dict().items()},
+            )
+        bar.set_postfix(loss=f"{tot:.3f}", sel=f"{score(sel):.3f}", best_epoch=best[1])
+
+    model.load_state_dict(best[2], strict=False)
+    trained_val = evaluate(val_recs)
+    improved = best[1] > 0 and beats(trained_val, base_val)
+    if not improved:
+        model.load_state_dict(start_state, strict=False)
+    if cfg.head_float16:  # measure and calibrate exactly what the file will hold
+        with torch.no_grad():
+            for t in model.head_state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+    final_val = evaluate(val_recs)
+    point = calibrate_threshold(
+        *cross_camera_pairs(
+            head_embeddings(model, bank, val_recs, n, device),
+            np.array([r.pid for r in val_recs]),
+            np.array([r.camid for r in val_recs]),
+        ),
+        max_false_merge=cfg.max_false_merge,
+    )
+    summary = {
+        "backbone": cfg.model.backbone,
+        "train_ids": train_ids,
+        "select_ids": select_ids,
+        "val_ids": list(cfg.val_ids),
+        "best_epoch": best[1],
+        "improved": improved,
+        "val_baseline": metrics_dict(base_val),
+        "val_trained": metrics_dict(trained_val),
+        "val_kept": metrics_dict(final_val),
+        "select_baseline": metrics_dict(base_sel),
+        "operating_point": point.to_dict(),
+        "history": history,
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # relative to the repository (not resolved: ../shared may be a link), as the default checkpoint records it
+    source = os.path.relpath(weights_path.absolute(), REPO_ROOT) if weights_path.is_file() else None
+    meta = {
+        "dataset": f"PKU-Reid folder {cfg.root}",
+        "train_ids": json.dumps(train_ids),
+        "select_ids": json.dumps(select_ids),
+        "val_ids": json.dumps(list(cfg.val_ids)),
+        "improved": improved,
+        "best_epoch": best[1],
+        "threshold": point.threshold,
+        "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
+        "final": json.dumps({"val_baseline": summary["val_baseline"], "val_kept": summary["val_kept"]}),
+    }
+    save_checkpoint(
+        out / "head.pt",
+        model,
+        include_backbone=False,
+        backbone_weights={"source": source, "sha256": sha} if source else None,
+        meta=meta,
+        head_dtype=torch.float16 if cfg.head_float16 else None,
+    )
+    (out / "head.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from models.plots import plot_cmc
+
+    curves = {
+        f"{lbl} @ {f} frames": ms[f].cmc
+        for f in cfg.eval_frames
+        for lbl, ms in (("own embedding mean-pooled", base_val), ("DRSTA head (kept)", final_val))
+    }
+    plot_cmc(curves, out / "cmc_val.png", title=f"{cfg.model.backbone} on PKU validation ids", max_rank=20)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m models.train_head", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--out", help="override the config's out folder")
+    ap.add_argument("--epochs", type=int, help="override the config's epochs")
+    args = ap.parse_args(argv)
+    configure_torch()
+    try:
+        cfg = HeadTrainConfig.from_yaml(args.config)
+        over = {k: v for k, v in (("out", args.out), ("epochs", args.epochs)) if v is not None}
+        if over:
+            cfg = HeadTrainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **over})
+        summary = train_head(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("best_epoch", "improved", "val_baseline", "val_kept", "operating_point")}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

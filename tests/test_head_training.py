@@ -1,0 +1,110 @@
+"""Head training on cached frozen features: the keep-only-if-better rule, the loss, and the written checkpoint."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbones import OPENVINO_MODELS, preprocess_crops
+from models.checkpoint import checkpoint_threshold, load_drsta, read_checkpoint
+from models.datasets import read_image_bgr
+from models.drsta import AvgPoolReID, DRSTAConfig
+from models.metrics import ReIDMetrics
+from models.train_head import HeadTrainConfig, beats, cross_camera_loss, train_head
+from tests.conftest import shared_path
+
+
+def m(rank1: float, mAP: float) -> ReIDMetrics:
+    return ReIDMetrics(
+        cmc=np.array([rank1, 1.0]), rank1=rank1, rank5=1, rank10=1, rank20=1, mAP=mAP, num_query=2
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "base", "expected"),
+    [
+        ({6: m(0.9, 0.95), 2: m(0.9, 0.94)}, {6: m(0.9, 0.95), 2: m(0.9, 0.93)}, True),  # better mAP at 2
+        ({6: m(0.9, 0.95), 2: m(0.9, 0.93)}, {6: m(0.9, 0.95), 2: m(0.9, 0.93)}, False),  # equal: not better
+        ({6: m(1.0, 0.99), 2: m(0.85, 0.93)}, {6: m(0.9, 0.95), 2: m(0.9, 0.93)}, False),  # worse rank-1 at 2
+        ({6: m(0.9, 0.90), 2: m(1.0, 1.00)}, {6: m(0.9, 0.95), 2: m(0.9, 0.93)}, False),  # worse mAP at 6
+    ],
+)
+def test_kept_only_when_no_setting_is_worse_and_the_sum_is_better(head, base, expected) -> None:
+    assert beats(head, base) is expected
+
+
+def test_cross_camera_loss_known_values() -> None:
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    pids, cams = torch.tensor([1, 1, 2, 2]), torch.tensor([0, 1, 0, 1])
+    # each tracklet sees two other-camera tracklets: its match at cosine 1, the other person at 0
+    want = math.log(1 + math.exp(-1 / 0.5))
+    assert cross_camera_loss(emb, pids, cams, 0.5).item() == pytest.approx(want, rel=1e-6)
+    # swapping the people's cameras' embeddings makes every match the worst: the loss grows
+    assert cross_camera_loss(emb[[0, 2, 2, 0]], pids, cams, 0.5).item() > want
+    # no tracklet with a match in another camera: zero, still differentiable
+    lone = cross_camera_loss(emb[:2].requires_grad_(), torch.tensor([1, 2]), torch.tensor([0, 1]), 0.5)
+    assert lone.item() == 0.0 and lone.requires_grad
+
+
+@pytest.fixture(scope="module")
+def small_pku(tmp_path_factory):
+    """Ten PKU identities (symlinked): eight to train and select on, two held out."""
+    pku = shared_path("data/pku-reid")
+    shared_path(OPENVINO_MODELS["openvino_0288"])
+    root = tmp_path_factory.mktemp("pku10")
+    ids = sorted(p.name for p in pku.iterdir() if p.is_dir())[:10]
+    for i in ids:
+        (root / i).symlink_to(pku / i)
+    return root, ids
+
+
+def run(small_pku, tmp_path, epochs: int, half: bool = False):
+    root, ids = small_pku
+    cfg = HeadTrainConfig(
+        model=DRSTAConfig(
+            backbone="openvino_0288", start="own", num_parts=2, num_frames=6, attn_hidden=16, embed_dim=256
+        ),
+        root=str(root),
+        val_ids=tuple(ids[-2:]),
+        select_fraction=0.25,
+        epochs=epochs,
+        batch_p=4,
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+        out=str(tmp_path / "out"),
+        head_float16=half,
+    )
+    return train_head(cfg), tmp_path / "out" / "head.pt"
+
+
+def test_untrained_run_writes_the_baseline_with_its_threshold(small_pku, tmp_path) -> None:
+    summary, ckpt = run(small_pku, tmp_path, epochs=0)
+    assert summary["improved"] is False and summary["best_epoch"] == -1
+    assert summary["val_kept"] == summary["val_baseline"]
+    payload = read_checkpoint(ckpt)
+    assert "backbone" not in payload  # head only
+    assert not payload["backbone_weights"]["source"].startswith("/")  # relative to the repository
+    t = checkpoint_threshold(ckpt)
+    assert t is not None and -1.0 <= t <= 1.0
+    assert set(payload["meta"]["operating_point"]) >= {"false_merge_rate", "miss_rate", "rule"}
+    # loaded through the worker's path, the head is the own-embedding baseline on real crops
+    model = load_drsta(ckpt)
+    root, ids = small_pku
+    crops = [read_image_bgr(str(root / ids[0] / f"01_{k}.png")) for k in range(1, 7)]
+    x = preprocess_crops(crops, size=model.backbone.input_size)[None]
+    base = AvgPoolReID(model.backbone, num_frames=6, pool="embedding")
+    assert torch.allclose(model.embed(x).embeddings, base.embed(x).embeddings, atol=1e-5)
+    assert (tmp_path / "out" / "cmc_val.png").stat().st_size > 0
+
+
+def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> None:
+    summary, ckpt = run(small_pku, tmp_path, epochs=2, half=True)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert list((tmp_path / "cache").glob("openvino_0288-*.pt"))  # maps cached once, outside the repo
+    payload = read_checkpoint(ckpt)
+    assert summary["improved"] == payload["meta"]["improved"]
+    assert payload["head"]["fc.weight"].dtype == torch.float16  # half the bytes on disk
+    assert load_drsta(ckpt).fc.weight.dtype == torch.float32
