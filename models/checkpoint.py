@@ -26,7 +26,7 @@ from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
 
 FORMAT = "drsta-checkpoint/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / "drsta_openvino_0277_pku.pt"
 # The backbone the default checkpoint was trained on: the OSNet x0.25 MSMT17 weights in ../shared/assets.
 DEFAULT_BACKBONE_WEIGHTS = (
     REPO_ROOT.parent / "shared" / "assets" / "reid" / "osnet_x0_25" / "osnet_x0_25_msmt17.pth"

@@ -137,7 +137,7 @@ def test_defaults_are_the_documented_values(tmp_path: Path) -> None:
         num_frames=None,
         group="reid",
     )
-    assert (cfg.matcher.threshold, cfg.matcher.max_prototypes) == (0.6, 10)
+    assert (cfg.matcher.threshold, cfg.matcher.max_prototypes) == (None, 10)
     assert (cfg.matcher.window_s, cfg.matcher.max_wait_s, cfg.matcher.group) == (1.0, 60.0, "matcher")
     assert cfg.topology.links == () and cfg.topology.overlaps == ()
     q = cfg.queue

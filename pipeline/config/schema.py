@@ -98,6 +98,11 @@ def _webcam_index(value: Any) -> Any:
     return value
 
 
+def _auto_threshold(value: Any) -> Any:
+    """``matcher.threshold: auto`` is stored as ``None``: the threshold the checkpoint records."""
+    return None if value == "auto" else value
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)
 class CameraConfig(Section):
     """One camera.
@@ -322,18 +327,21 @@ class ReIDConfig(Section):
 class MatcherConfig(Section):
     """Cross-camera matching: a tracklet joins the most similar identity when the cosine similarity reaches
     ``threshold`` (else it starts a new identity); each identity keeps up to ``max_prototypes`` embeddings.
+    ``threshold`` ``auto`` (stored as ``None``, the default) is the threshold the re-ID checkpoint records,
+    calibrated on its validation pairs (cosine scales differ between models); a number overrides it.
     Tracklets are decided in closing-time buckets of ``window_s`` seconds, in time order, once every camera
     has passed the bucket; a tracklet still missing after ``max_wait_s`` (a camera or worker gone) is no
     longer waited for (docs/matcher.md, "Order"). The matcher reads embeddings in consumer group ``group``."""
 
-    threshold: float = 0.6
+    threshold: float | None = field(default=None, metadata={"coerce": _auto_threshold})
     max_prototypes: int = 10
     window_s: float = 1.0
     max_wait_s: float = 60.0
     group: str = "matcher"
 
     def _check(self) -> None:
-        check_between(self, "threshold", -1, 1)
+        if self.threshold is not None:
+            check_between(self, "threshold", -1, 1)
         check_min(self, "max_prototypes", 1)
         check_min(self, "window_s", 0, strict=True)
         check_min(self, "max_wait_s", 0, strict=True)
