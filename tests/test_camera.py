@@ -197,7 +197,7 @@ def test_unreadable_video_is_refused_at_start(tmp_path):
 
 
 def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
-    from pipeline.runtime.app import HealthReporter
+    from pipeline.runtime.health import HealthReporter
     from storage import repository as repo
     from storage.db import open_store
     from storage.models import CameraRow

@@ -1,0 +1,214 @@
+"""Errors at the door: every input a run needs is checked before any worker process starts.
+
+:func:`check_at_door` looks at each selected camera's source (a video file exists and decodes a first frame,
+an image folder holds a decodable first image, a URL is well formed, a webcam index names a device that is
+present), the detector weights and the re-ID checkpoint. The first bad one raises :class:`DoorError`, whose
+one-line message names the camera or the config key; ``run_pipeline.py`` prints it and exits with code 2,
+and since the door comes before the store is opened, nothing is written to SQL. A live source that is well
+formed but unreachable passes: it keeps reconnecting as it always does.
+
+The checkpoint is read exactly as the re-ID worker reads it (``torch.load(..., weights_only=True)`` and the
+layout check), in a short-lived process started first, so the parent never imports torch (several hundred
+MB it would keep for the whole run) and the cameras are probed meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from common.redact import redact_url
+from pipeline.camera.source_kind import source_kind
+from pipeline.config import CameraConfig, PipelineConfig
+from pipeline.runtime.supervise import held_signals
+
+__all__ = ["DoorError", "check_at_door", "selected_cameras"]
+
+CHECKPOINT_PROBE_TIMEOUT_S = 120.0
+_WEIGHTS_HELP = "give the path to a .pt file or an exported *_openvino_model folder (nothing is downloaded)"
+
+
+class DoorError(ValueError):
+    """An input a run needs is missing or unusable; the message is one line naming the camera or the key."""
+
+
+def check_at_door(
+    cfg: PipelineConfig, *, cameras: bool = False, reid: bool = False, only: Sequence[str] | None = None
+) -> None:
+    """Check what a command needs before it starts anything; raise :class:`DoorError` on the first bad input.
+
+    ``cameras``: the sources of the enabled cameras (the ``only`` ones, when given) and ``detector.weights``,
+    in that order. ``reid``: ``reid.checkpoint`` (the project's default one when unset) and
+    ``reid.backbone_weights`` when set. Returns None when everything passed. Takes a few seconds at most: it
+    decodes one frame per recorded camera and reads the checkpoint, but connects to no live source.
+    """
+    probe = _CheckpointProbe(cfg.reid.checkpoint) if reid else None
+    try:
+        if cameras:
+            for cam in selected_cameras(cfg, only):
+                check_source(cam)
+            check_detector_weights(cfg.detector.weights)
+        if probe is not None:
+            if cfg.reid.backbone_weights is not None:
+                _need_path(cfg.reid.backbone_weights, "reid.backbone_weights")
+            probe.result()
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def selected_cameras(cfg: PipelineConfig, only: Sequence[str] | None) -> list[CameraConfig]:
+    """The enabled cameras, or the ``only`` ones among them (config order); an unknown or disabled id in
+    ``only`` raises :class:`DoorError` listing the valid ones."""
+    enabled = cfg.enabled_cameras
+    if only is not None:
+        unknown = sorted(set(only) - {c.id for c in enabled})
+        if unknown:
+            raise DoorError(
+                f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in enabled]}"
+            )
+    return [c for c in enabled if only is None or c.id in only]
+
+
+def check_source(cam: CameraConfig) -> None:
+    """One camera's source, by :func:`~pipeline.camera.source_kind.source_kind`: a file or image folder is
+    opened as the camera worker opens it (first frame decoded, then closed); a URL must be well formed; a
+    webcam index must name a device (Linux: ``/dev/videoN``; elsewhere the camera worker's open decides)."""
+    from pipeline.camera.sources import SourceError, open_source
+
+    try:
+        kind = source_kind(cam.source)
+    except ValueError as exc:
+        raise DoorError(f"camera {cam.id!r}: source: {exc}") from None
+    if kind == "live":
+        _check_url(cam.id, cam.source)
+    elif kind == "webcam":
+        device = Path(f"/dev/video{int(cam.source)}")
+        if sys.platform.startswith("linux") and not device.exists():
+            raise DoorError(f"camera {cam.id!r}: webcam index {cam.source} is not present (no {device})")
+    else:
+        try:
+            path = _resolved(cam.source)
+            with _native_stderr_discarded(), open_source(cam.id, path, fps=cam.fps):
+                pass
+        except SourceError as exc:
+            raise DoorError(str(exc)) from None
+        except (FileNotFoundError, ValueError) as exc:  # a sample that cannot be fetched; a bad fps
+            raise DoorError(f"camera {cam.id!r}: {exc}") from None
+
+
+def check_detector_weights(weights: str) -> None:
+    """``detector.weights`` must exist: a file (``.pt``...) or an exported model folder (``*_openvino_model``).
+    A bare name (``yolo11n.pt``) is looked for in the working directory, as the detector does."""
+    _need_path(weights, "detector.weights", hint=_WEIGHTS_HELP)
+
+
+def _resolved(path: str) -> str:
+    """``path``, or for a known ``shared/`` sample that is absent, its cached copy (fetched once; see
+    :func:`models.samples.resolve_sample`). Imported only then: the module loads torch."""
+    if Path(path).expanduser().exists():
+        return path
+    from models.samples import resolve_sample
+
+    return resolve_sample(path)
+
+
+def _need_path(value: str, key: str, *, hint: str | None = None) -> None:
+    try:
+        path = Path(_resolved(value)).expanduser()
+    except FileNotFoundError as exc:  # a known sample, absent and not downloadable now
+        raise DoorError(f"{key}: {exc}") from None
+    if not path.exists():
+        where = f" (no such file in {Path.cwd()})" if path.parent == Path(".") else ""
+        raise DoorError(f"{key}: {value} not found{where}" + (f"; {hint}" if hint else ""))
+
+
+def _check_url(camera_id: str, url: str) -> None:
+    """A live URL must parse, name a host (a ``udp://`` one may give only a port, to listen on) and hold no
+    white space; the password never reaches the message."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise DoorError(f"camera {camera_id!r}: source {shown} is not a well-formed URL ({exc})") from None
+    if any(ch.isspace() for ch in url):
+        raise DoorError(
+            f"camera {camera_id!r}: source {shown} is not a well-formed URL (contains white space)"
+        )
+    if not parts.hostname and not (parts.scheme.lower() == "udp" and port):
+        raise DoorError(f"camera {camera_id!r}: source {shown} is not a well-formed URL (no host)")
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 (FFmpeg's own ``moov atom not found``...) to
+    /dev/null: the door's verdict is its one-line error, and the camera worker logs FFmpeg as usual."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+# ------------------------------------------------------------------------------------- the checkpoint
+
+
+def _read_checkpoint(checkpoint: str | None, conn) -> None:
+    """In the probe process: read ``checkpoint`` (None: the default one) as the re-ID worker will; send back
+    None when it is good, else the one-line reason."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # torch's import-time warnings are not the door's verdict
+    from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_checkpoint
+
+    try:
+        read_checkpoint(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT)
+    except CheckpointError as exc:
+        conn.send(str(exc) if checkpoint is not None else f"(the default) {exc}")
+    else:
+        conn.send(None)
+    finally:
+        conn.close()
+
+
+class _CheckpointProbe:
+    """A spawned process reading ``reid.checkpoint``; :meth:`result` raises its verdict as a DoorError."""
+
+    def __init__(self, checkpoint: str | None) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_read_checkpoint, args=(checkpoint, child_conn), name="door-checkpoint", daemon=True
+        )
+        with held_signals():  # Ctrl-C is the parent's to handle, not a traceback in the probe
+            self._proc.start()
+        child_conn.close()
+
+    def result(self) -> None:
+        if not self._conn.poll(CHECKPOINT_PROBE_TIMEOUT_S):
+            raise DoorError(f"reid.checkpoint: not read within {CHECKPOINT_PROBE_TIMEOUT_S:g} s")
+        try:
+            reason = self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise DoorError(
+                f"reid.checkpoint: the process reading it died (exit code {self._proc.exitcode})"
+            ) from None
+        if reason is not None:
+            raise DoorError(f"reid.checkpoint: {reason}")
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()  # signals are held in it: SIGKILL is what ends it
+        self._proc.join(5)
+        self._conn.close()
