@@ -100,7 +100,7 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--until tracklets needs --out DIR")
     only = args.only.split(",") if args.only else None
-    check_at_door(cfg, cameras=True, only=only)
+    check_at_door(cfg, cameras=True, only=only, out_dir=args.out)
     configure_torch()
     detector = build_detector(cfg, device=args.device)
     stats = run_camera_stage(

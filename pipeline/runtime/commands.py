@@ -48,7 +48,7 @@ def run_full(args, cfg: PipelineConfig) -> int:
     from storage.db import open_store
 
     only = args.only.split(",") if getattr(args, "only", None) else None
-    check_at_door(cfg, cameras=True, reid=True, only=only)
+    check_at_door(cfg, cameras=True, reid=True, only=only, out_dir=getattr(args, "out", None))
     db_url = args.db or cfg.db.url
     redis_url = args.redis or cfg.queue.redis_url
     tracklets, embeddings = streams(cfg)

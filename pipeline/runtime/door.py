@@ -38,15 +38,22 @@ class DoorError(ValueError):
 
 
 def check_at_door(
-    cfg: PipelineConfig, *, cameras: bool = False, reid: bool = False, only: Sequence[str] | None = None
+    cfg: PipelineConfig,
+    *,
+    cameras: bool = False,
+    reid: bool = False,
+    only: Sequence[str] | None = None,
+    out_dir: str | None = None,
 ) -> None:
     """Check what a command needs before it starts anything; raise :class:`DoorError` on the first bad input.
 
     ``cameras``: the sources of the enabled cameras (the ``only`` ones, when given) and ``detector.weights``,
     in that order. ``reid``: ``reid.checkpoint`` (the project's default one when unset) and
-    ``reid.backbone_weights`` when set. Returns None when everything passed. Takes a few seconds at most: it
+    ``reid.backbone_weights`` when set. ``out_dir`` (``--out``) must be a folder or not exist yet. Returns None when everything passed. Takes a few seconds at most: it
     decodes one frame per recorded camera and reads the checkpoint, but connects to no live source.
     """
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DoorError(f"--out: {out_dir} exists and is not a folder")
     probe = _CheckpointProbe(cfg.reid.checkpoint) if reid else None
     try:
         if cameras:
