@@ -15,13 +15,13 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from queue import Empty
 
 from pipeline.config import PipelineConfig
 from pipeline.runtime.compose import (
@@ -58,7 +58,7 @@ def run_full(args, cfg: PipelineConfig) -> int:
         if not redis_url:
             with held_signals():  # the broker, like the workers, must outlive a SIGTERM to the group
                 broker = start_local_broker()
-            cleanup.callback(broker.shutdown)
+                cleanup.callback(broker.shutdown)
         wiring = Wiring(
             db_url,
             redis_url,
@@ -110,7 +110,7 @@ def _supervise_full(args, cfg: PipelineConfig, wiring: Wiring, store, only: list
         if n == 1:
             print(
                 f"\nstopping ({signal_name}): the cameras stop, then the queues drain into SQL "
-                "(Ctrl-C again to abort)",
+                "(Ctrl-C or SIGTERM again to abort)",
                 flush=True,
             )
             stop_cameras.set()
@@ -138,22 +138,22 @@ def _supervise_full(args, cfg: PipelineConfig, wiring: Wiring, store, only: list
         while True:
             try:
                 reports.update(stats_q.get_nowait())
-            except queue.Empty:
+            except Empty:
                 return
 
     t0 = time.perf_counter()
-    try:
-        with sup.stop_signals():
+    with sup.stop_signals():  # until every worker has exited: a signal meanwhile must not kill the parent
+        try:
             sup.start()
             sup.wait("cameras", on_failure=on_failure, tick=collect_reports)
             reid_drain.set()
             sup.wait("reid", on_failure=on_failure)
             matcher_drain.set()
             sup.wait("matcher", on_failure=on_failure)
-    finally:
-        stop_cameras.set()
-        stop_all.set()
-        sup.stop()
+        finally:
+            stop_cameras.set()
+            stop_all.set()
+            sup.stop()
     collect_reports()
     for name, n in sup.restarts.items():
         if n:
