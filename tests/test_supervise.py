@@ -136,3 +136,26 @@ def test_stop_signals_reach_on_stop_in_order_and_end_restarts():
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
     assert stops == [("SIGTERM", 1), ("SIGINT", 2)]
     assert sup.shutting_down and not sup.should_restart("worker")
+
+
+def start_worker_and_wait(pid_out) -> None:
+    """A stand-in parent: starts a supervised worker, reports its pid, then waits to be killed."""
+    child = CTX.Process(target=child_main, args=(sleep_then_return, 60.0))
+    with held_signals():
+        child.start()
+    pid_out.put(child.pid)
+    time.sleep(60)
+
+
+def test_a_worker_dies_with_its_parent():
+    psutil = pytest.importorskip("psutil")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    pids = CTX.Queue()
+    parent = CTX.Process(target=start_worker_and_wait, args=(pids,))
+    parent.start()
+    worker = psutil.Process(pids.get(timeout=30))
+    time.sleep(0.3)  # the worker has set itself up
+    os.kill(parent.pid, signal.SIGKILL)  # the parent killed outright: no ordered stop
+    parent.join(10)
+    worker.wait(timeout=10)  # raises psutil.TimeoutExpired when the worker outlives its parent

@@ -5,6 +5,7 @@ process group: the parent stops the workers in order (cameras first, then the qu
 second one aborts the drain. Workers never act on these signals themselves: they start with SIGINT and
 SIGTERM blocked (:func:`held_signals` around every start) and then ignore them (:func:`child_main`), so a
 signal to the group cannot kill a worker half-way, and the embedded broker keeps its streams until drained.
+A worker does die with its parent (Linux), so a parent killed outright leaves no orphan behind.
 Once a stop signal came, no worker is restarted.
 
 Restart rule (:meth:`Supervisor.should_restart`): a restartable role is restarted, at most ``max_restarts``
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -82,11 +85,28 @@ def child_main(target: Callable[..., None], /, *args: Any, **kwargs: Any) -> Non
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _die_with_parent()
     try:
         target(*args, **kwargs)
     except RETRYABLE_ERRORS as exc:
         log.error("giving up on a connection: %s", describe(exc))
         sys.exit(EXIT_RETRYABLE)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when its parent dies (PR_SET_PDEATHSIG). It ignores the stop signals, so
+    without this a parent killed outright (SIGKILL, out of memory) would leave it serving forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = multiprocessing.parent_process()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def describe(exc: BaseException) -> str:
