@@ -91,8 +91,6 @@ def load(args: argparse.Namespace):
 
 
 def run_tracklets_only(args: argparse.Namespace) -> int:
-    from models.runtime import configure_torch
-    from pipeline.camera.stage import build_detector, run_camera_stage
     from pipeline.runtime.door import check_at_door
     from pipeline.runtime.summary import camera_summary, print_camera_table
 
@@ -101,6 +99,9 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
         raise ValueError("--until tracklets needs --out DIR")
     only = args.only.split(",") if args.only else None
     check_at_door(cfg, cameras=True, only=only, out_dir=args.out)
+    from models.runtime import configure_torch  # torch: only once the door has passed
+    from pipeline.camera.stage import build_detector, run_camera_stage
+
     configure_torch()
     detector = build_detector(cfg, device=args.device)
     stats = run_camera_stage(

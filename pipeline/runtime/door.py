@@ -49,8 +49,9 @@ def check_at_door(
 
     ``cameras``: the sources of the enabled cameras (the ``only`` ones, when given) and ``detector.weights``,
     in that order. ``reid``: ``reid.checkpoint`` (the project's default one when unset) and
-    ``reid.backbone_weights`` when set. ``out_dir`` (``--out``) must be a folder or not exist yet. Returns None when everything passed. Takes a few seconds at most: it
-    decodes one frame per recorded camera and reads the checkpoint, but connects to no live source.
+    ``reid.backbone_weights`` when set. ``out_dir`` (``--out``) must be a folder or not exist yet. Returns
+    None when everything passed. Takes a few seconds at most: it decodes one frame per recorded camera and
+    reads the checkpoint, but connects to no live source and writes nothing.
     """
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise DoorError(f"--out: {out_dir} exists and is not a folder")
