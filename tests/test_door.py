@@ -47,6 +47,13 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[str, str, str]]:
             "detector.weights",
         ),
         "bare detector weights": (vtest, "detector: {weights: absent-yolo.pt}\n", "detector.weights"),
+        "not a checkpoint": (vtest, f'reid: {{checkpoint: "{tmp / "junk.pt"}"}}\n', "reid.checkpoint"),
+        "missing backbone weights": (
+            vtest,
+            f'reid: {{backbone_weights: "{tmp / "osnet.pth"}"}}\n',
+            "reid.backbone_weights",
+        ),
+        "not backbone weights": (vtest, f'reid: {{backbone_weights: "{vtest}"}}\n', "reid.backbone_weights"),
     }
 
 
@@ -77,6 +84,9 @@ CASES = [
     "absent webcam",
     "missing detector weights",
     "bare detector weights",
+    "not a checkpoint",
+    "missing backbone weights",
+    "not backbone weights",
 ]
 
 

@@ -7,9 +7,11 @@ one-line message names the camera or the config key; ``run_pipeline.py`` prints 
 and since the door comes before the store is opened, nothing is written to SQL. A live source that is well
 formed but unreachable passes: it keeps reconnecting as it always does.
 
-The checkpoint is read exactly as the re-ID worker reads it (``torch.load(..., weights_only=True)`` and the
-layout check), in a short-lived process started first, so the parent never imports torch (several hundred
-MB it would keep for the whole run) and the cameras are probed meanwhile.
+The re-ID model is loaded exactly as the re-ID worker loads it (the checkpoint with ``torch.load(...,
+weights_only=True)`` and its layout check, then the backbone weights: the configured ones, else the default
+checkpoint's, from ``../shared`` or their public source), on the CPU, in a short-lived process started first,
+so the parent never imports torch (several hundred MB it would keep for the whole run) and the cameras are
+probed meanwhile.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from urllib.parse import urlsplit
 from common.redact import redact_url
 from pipeline.camera.source_kind import source_kind
 from pipeline.config import CameraConfig, PipelineConfig
-from pipeline.runtime.supervise import held_signals
+from pipeline.runtime.supervise import describe, held_signals
 
 __all__ = ["DoorError", "check_at_door", "selected_cameras"]
 
-CHECKPOINT_PROBE_TIMEOUT_S = 120.0
+REID_PROBE_TIMEOUT_S = 120.0
 _WEIGHTS_HELP = "give the path to a .pt file or an exported *_openvino_model folder (nothing is downloaded)"
 
 
@@ -48,22 +50,20 @@ def check_at_door(
     """Check what a command needs before it starts anything; raise :class:`DoorError` on the first bad input.
 
     ``cameras``: the sources of the enabled cameras (the ``only`` ones, when given) and ``detector.weights``,
-    in that order. ``reid``: ``reid.checkpoint`` (the project's default one when unset) and
-    ``reid.backbone_weights`` when set. ``out_dir`` (``--out``) must be a folder or not exist yet. Returns
+    in that order. ``reid``: the re-ID model loads from ``reid.checkpoint`` (the project's default one when
+    unset) and ``reid.backbone_weights`` (when set; else the checkpoint's own). ``out_dir`` (``--out``) must be a folder or not exist yet. Returns
     None when everything passed. Takes a few seconds at most: it decodes one frame per recorded camera and
     reads the checkpoint, but connects to no live source and writes nothing.
     """
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise DoorError(f"--out: {out_dir} exists and is not a folder")
-    probe = _CheckpointProbe(cfg.reid.checkpoint) if reid else None
+    probe = _ReidModelProbe(cfg.reid.checkpoint, cfg.reid.backbone_weights) if reid else None
     try:
         if cameras:
             for cam in selected_cameras(cfg, only):
                 check_source(cam)
             check_detector_weights(cfg.detector.weights)
         if probe is not None:
-            if cfg.reid.backbone_weights is not None:
-                _need_path(cfg.reid.backbone_weights, "reid.backbone_weights")
             probe.result()
     finally:
         if probe is not None:
@@ -113,7 +113,13 @@ def check_source(cam: CameraConfig) -> None:
 def check_detector_weights(weights: str) -> None:
     """``detector.weights`` must exist: a file (``.pt``...) or an exported model folder (``*_openvino_model``).
     A bare name (``yolo11n.pt``) is looked for in the working directory, as the detector does."""
-    _need_path(weights, "detector.weights", hint=_WEIGHTS_HELP)
+    try:
+        path = Path(_resolved(weights)).expanduser()
+    except FileNotFoundError as exc:  # a known sample, absent and not downloadable now
+        raise DoorError(f"detector.weights: {exc}") from None
+    if not path.exists():
+        where = f" (no such file in {Path.cwd()})" if path.parent == Path(".") else ""
+        raise DoorError(f"detector.weights: {weights} not found{where}; {_WEIGHTS_HELP}")
 
 
 def _resolved(path: str) -> str:
@@ -124,16 +130,6 @@ def _resolved(path: str) -> str:
     from models.samples import resolve_sample
 
     return resolve_sample(path)
-
-
-def _need_path(value: str, key: str, *, hint: str | None = None) -> None:
-    try:
-        path = Path(_resolved(value)).expanduser()
-    except FileNotFoundError as exc:  # a known sample, absent and not downloadable now
-        raise DoorError(f"{key}: {exc}") from None
-    if not path.exists():
-        where = f" (no such file in {Path.cwd()})" if path.parent == Path(".") else ""
-        raise DoorError(f"{key}: {value} not found{where}" + (f"; {hint}" if hint else ""))
 
 
 def _check_url(camera_id: str, url: str) -> None:
@@ -172,48 +168,60 @@ def _native_stderr_discarded() -> Iterator[None]:
 # ------------------------------------------------------------------------------------- the checkpoint
 
 
-def _read_checkpoint(checkpoint: str | None, conn) -> None:
-    """In the probe process: read ``checkpoint`` (None: the default one) as the re-ID worker will; send back
-    None when it is good, else the one-line reason."""
+def _load_reid_model(checkpoint: str | None, backbone_weights: str | None, conn) -> None:
+    """In the probe process: load the re-ID model as the re-ID worker will (``checkpoint`` None: the default
+    one), on the CPU. Sends back None when it loads, else ``(key, one-line reason)``."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # torch's import-time warnings are not the door's verdict
-    from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_checkpoint
+    from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_drsta, read_checkpoint
 
+    path = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT
+    verdict: tuple[str, str] | None = None
     try:
-        read_checkpoint(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT)
+        read_checkpoint(path)
     except CheckpointError as exc:
-        conn.send(str(exc) if checkpoint is not None else f"(the default) {exc}")
+        verdict = ("reid.checkpoint", str(exc) if checkpoint is not None else f"(the default) {exc}")
     else:
-        conn.send(None)
-    finally:
-        conn.close()
+        try:
+            load_drsta(path, backbone_weights=backbone_weights)
+        except Exception as exc:  # whatever stops the model loading is this input's verdict, sent back whole
+            which = backbone_weights or "(the checkpoint's own)"
+            verdict = ("reid.backbone_weights", f"{which} do not load: {describe(exc)}")
+    conn.send(verdict)
+    conn.close()
 
 
-class _CheckpointProbe:
-    """A spawned process reading ``reid.checkpoint``; :meth:`result` raises its verdict as a DoorError."""
+class _ReidModelProbe:
+    """A spawned process loading the re-ID model; :meth:`result` raises its verdict as a DoorError."""
 
-    def __init__(self, checkpoint: str | None) -> None:
+    def __init__(self, checkpoint: str | None, backbone_weights: str | None) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=_read_checkpoint, args=(checkpoint, child_conn), name="door-checkpoint", daemon=True
+            target=_load_reid_model,
+            args=(checkpoint, backbone_weights, child_conn),
+            name="door-reid-model",
+            daemon=True,
         )
         with held_signals():  # Ctrl-C is the parent's to handle, not a traceback in the probe
             self._proc.start()
         child_conn.close()
 
     def result(self) -> None:
-        if not self._conn.poll(CHECKPOINT_PROBE_TIMEOUT_S):
-            raise DoorError(f"reid.checkpoint: not read within {CHECKPOINT_PROBE_TIMEOUT_S:g} s")
+        if not self._conn.poll(REID_PROBE_TIMEOUT_S):
+            raise DoorError(
+                f"reid.checkpoint: the re-ID model did not load within {REID_PROBE_TIMEOUT_S:g} s"
+            )
         try:
-            reason = self._conn.recv()
+            verdict = self._conn.recv()
         except EOFError:
             self._proc.join(5)
             raise DoorError(
-                f"reid.checkpoint: the process reading it died (exit code {self._proc.exitcode})"
+                f"reid.checkpoint: the process loading the re-ID model died (exit code {self._proc.exitcode})"
             ) from None
-        if reason is not None:
-            raise DoorError(f"reid.checkpoint: {reason}")
+        if verdict is not None:
+            key, reason = verdict
+            raise DoorError(f"{key}: {reason}")
 
     def close(self) -> None:
         if self._proc.is_alive():
