@@ -91,12 +91,17 @@ def load(args: argparse.Namespace):
 
 
 def run_tracklets_only(args: argparse.Namespace) -> int:
-    from models.runtime import configure_torch
-    from pipeline.camera.stage import build_detector, run_camera_stage
+    from pipeline.runtime.door import check_at_door
+    from pipeline.runtime.summary import camera_summary, print_camera_table
 
     cfg = load(args)
     if not args.out:
         raise ValueError("--until tracklets needs --out DIR")
+    only = args.only.split(",") if args.only else None
+    check_at_door(cfg, cameras=True, only=only, out_dir=args.out)
+    from models.runtime import configure_torch  # torch: only once the door has passed
+    from pipeline.camera.stage import build_detector, run_camera_stage
+
     configure_torch()
     detector = build_detector(cfg, device=args.device)
     stats = run_camera_stage(
@@ -104,34 +109,15 @@ def run_tracklets_only(args: argparse.Namespace) -> int:
         out_dir=args.out,
         detector=detector,
         save_video=args.save_video,
-        only=args.only.split(",") if args.only else None,
+        only=only,
         progress=False if args.quiet else None,
         on_start=_stop_on_signals,
     )
-    summary = {
-        "cameras": {
-            cid: {
-                "frames": s.frames,
-                "tracklets": s.tracklets,
-                "fps": round(s.fps, 2),
-                "error": s.first_error,
-            }
-            for cid, s in stats.items()
-        },
-        "out": str(Path(args.out).resolve()),
-    }
+    cameras = camera_summary({cid: s.report() for cid, s in stats.items()})
+    summary = {"cameras": cameras, "out": str(Path(args.out).resolve())}
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _print_camera_table(stats)
+    print_camera_table(cameras)
     return 0
-
-
-def _print_camera_table(stats) -> None:
-    print(f"{'camera':<16}{'frames':>8}{'tracklets':>11}{'fps':>8}")
-    for cid, s in stats.items():
-        print(
-            f"{cid:<16}{s.frames:>8}{s.tracklets:>11}{s.fps:>8.1f}"
-            + (f"  ! {s.first_error}" if s.first_error else "")
-        )
 
 
 def _stop_on_signals(group) -> None:
@@ -160,14 +146,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_query(query_parser().parse_args(argv[1:]))
         if argv and argv[0] == "worker":
-            from pipeline.runtime.app import run_role
+            from pipeline.runtime.commands import run_role
 
             args = worker_parser().parse_args(argv[1:])
             return run_role(args, load(args))
         args = main_parser().parse_args(argv)
         if args.until == "tracklets":
             return run_tracklets_only(args)
-        from pipeline.runtime.app import run_full
+        from pipeline.runtime.commands import run_full
 
         return run_full(args, load(args))
     except (

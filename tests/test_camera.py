@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
+import shutil
 import subprocess
 import sys
 import threading
 import time
 
+import cv2
 import pytest
 
 from pipeline.camera.detector import PersonDetector
 from pipeline.camera.loop import Camera, CameraGroup
 from pipeline.camera.mot_io import read_mot
-from pipeline.camera.sources import open_source
+from pipeline.camera.sources import FrameSource, open_source
 from pipeline.camera.tracklets import TrackletBuilder
 from pipeline.config import DetectorConfig, TrackletConfig
 from tests.conftest import REPO, shared_path
@@ -202,7 +206,7 @@ def test_unreadable_video_is_refused_at_start(tmp_path):
 
 
 def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
-    from pipeline.runtime.app import HealthReporter
+    from pipeline.runtime.health import HealthReporter
     from storage import repository as repo
     from storage.db import open_store
     from storage.models import CameraRow
@@ -286,3 +290,95 @@ def test_config_paths_and_urls_never_reach_a_shell(tmp_path, source):
         time.sleep(1.0)
         s.close()
     assert not marker.exists()
+
+
+class FailsAfter(FrameSource):
+    """A real source that raises ``error`` after ``n`` frames (a disk gone, or a bug in a source)."""
+
+    def __init__(self, inner: FrameSource, n: int, error: BaseException) -> None:
+        super().__init__(inner.camera_id, max_frames=None)
+        self.inner, self.n, self.error = inner, n, error
+        self._fps, self._start_time = inner.fps, inner.start_time
+
+    def __next__(self):
+        if self._yielded == self.n:
+            raise self.error
+        self._yielded += 1
+        return next(self.inner)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize(
+    "error, fails_run",
+    [(OSError("input/output error"), False), (cv2.error("decoder"), False), (TypeError("a bug"), True)],
+)
+def test_a_source_failure_ends_that_camera_only_and_a_bug_fails_the_run(detector, error, fails_run):
+    vtest = str(shared_path("data/vtest/vtest.avi"))
+
+    def camera(cid, source):
+        return Camera(cid, source, build_tracker("bytetrack"), TrackletBuilder(cid))
+
+    good = camera("good", open_source("good", vtest, max_frames=12))
+    bad = camera("bad", FailsAfter(open_source("bad", vtest, max_frames=12), 3, error))
+    group = CameraGroup([good, bad], detector.detect, batch=2)
+    if fails_run:
+        with pytest.raises(TypeError, match="a bug"):
+            group.run()
+        return
+    stats = group.run()
+    assert stats["good"].frames == 12 and stats["good"].first_error is None
+    assert stats["bad"].frames == 3 and stats["bad"].first_error.startswith(type(error).__name__)
+    report = stats["bad"].report()
+    assert pickle.loads(pickle.dumps(report)) == report  # what the camera process sends to the parent
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.frames = 0
+
+
+class HealthBug(FailsAfter):
+    @property
+    def health(self):
+        raise TypeError("a bug in health")
+
+
+@pytest.mark.parametrize("fault", ["store gone", "bug"])
+def test_health_reporter_rides_out_a_store_outage_but_fails_loudly_on_a_bug(
+    detector, tmp_path, fault, caplog
+):
+    from pipeline.runtime.health import HealthReporter
+    from storage import repository as repo
+    from storage.db import open_store
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    store = open_store(f"sqlite:///{folder / 'h.db'}")
+    vtest = str(shared_path("data/vtest/vtest.avi"))
+    inner = open_source("plaza", vtest, realtime=True)  # 80 s of footage at its own pace
+    source = HealthBug(inner, 10_000, StopIteration()) if fault == "bug" else inner
+    cams = [Camera("plaza", source, build_tracker("bytetrack"), TrackletBuilder("plaza"))]
+    group = CameraGroup(cams, detector.detect)
+    with store.session() as s:
+        repo.upsert_camera(s, "plaza", "redacted", None)
+        s.commit()
+    if fault == "store gone":
+        shutil.rmtree(folder)
+        store.dispose()  # the next connection finds no database: OperationalError, as for a server down
+    reporter = HealthReporter(store, group, every_s=0.1)
+    reporter.start()
+    runner = threading.Thread(target=group.run, daemon=True)
+    runner.start()
+    runner.join(3.0)
+    if fault == "bug":
+        assert not runner.is_alive(), "the reporter's bug did not stop the cameras (fail fast)"
+        with pytest.raises(TypeError, match="a bug in health"):
+            reporter.stop()  # ... and loudly
+    else:
+        assert runner.is_alive() and reporter.is_alive()  # the outage costs reports, not the run
+        group.stop()
+        runner.join(30)
+        reporter.stop()  # the final report fails too, with a warning only
+        assert "camera health not stored: OperationalError" in caplog.text
+    assert cams[0].stats.frames < 100
+    source.close()
+    store.dispose()

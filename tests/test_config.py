@@ -40,7 +40,7 @@ from pipeline.config import (
     load_config,
 )
 from pipeline.config.schema import DEFAULT_DETECTOR_WEIGHTS
-from pipeline.runtime.app import make_session_key
+from pipeline.runtime.compose import make_session_key
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "configs" / "cams.example.yaml"
@@ -910,7 +910,7 @@ def test_config_from_dict_uses_the_given_env_and_base(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The replay session key (pipeline/runtime/app.py): a digest of what determines the tracklets, loop included
+# The replay session key (pipeline/runtime/compose.py): a digest of what determines the tracklets, loop included
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,7 @@ def test_full_pipeline_embedded_queue_and_sqlite(tmp_path):
     r = run("--cameras", cfg, "--db", db, "--max-frames", "80", "--quiet", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "identities:" in r.stdout and "seen in 2+ cameras" in r.stdout
+    assert r.stdout.count("tracklets in SQL:") == 1 and r.stdout.count("camera  ") == 1  # the summary, once
     counts = check_store(db, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tracklets_in_sql"] == counts["tracklets"]
@@ -168,6 +169,8 @@ def test_ctrl_c_flushes_drains_and_leaves_a_consistent_store(tmp_path):
     import signal
     import time
 
+    from tests.reliability.helpers import sql_tracklet_count
+
     cfg = demo_config(tmp_path)
     db = f"sqlite:///{tmp_path / 'reid.db'}"
     out = tmp_path / "out"
@@ -178,12 +181,15 @@ def test_ctrl_c_flushes_drains_and_leaves_a_consistent_store(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(25)  # models loaded, cameras well into the footage (which would take minutes to finish)
+    # models loaded and the cameras into the footage (which would take minutes to finish): a tracklet in SQL
+    deadline = time.monotonic() + 240
+    while sql_tracklet_count(db) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
-    assert "stopping" in stdout and "tracklets in SQL" in stdout
+    assert "stopping" in stdout and stdout.count("tracklets in SQL") == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cameras"]["plaza"]["frames"] < 795  # really interrupted
     check_store(db, out)  # every tracklet closed by the flush is in SQL exactly once

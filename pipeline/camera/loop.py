@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import cv2
 import numpy as np
 
 from pipeline.camera.mot_io import append_mot_rows, tracklet_to_json
-from pipeline.camera.sources import FrameSource, LiveStreamSource, SourceHealth
+from pipeline.camera.sources import FrameSource, LiveStreamSource, SourceError, SourceHealth
 from pipeline.camera.tracklets import TrackletBuilder
 from pipeline.transport.messages import Detections, Frame, Order, Progress, Tracklet, Tracks
 from trackers import Tracker
@@ -36,11 +37,27 @@ from trackers import Tracker
 _END = object()  # end-of-stream marker in a camera's frame queue
 # recorded cameras replay together, none more than this ahead of the others (recorded time, seconds)
 SYNC_SLACK_S = 1.0
+# What a source may raise mid-run when its footage or device fails (a file removed or unreadable, a decoder
+# error): that camera ends, the reason in its stats. Anything else is a bug and fails the run loudly.
+SOURCE_FAILURES = (SourceError, OSError, cv2.error)
+
+
+@dataclass(frozen=True)
+class CameraReport:
+    """One camera's final figures, as the camera stage reports them (frozen, picklable: the camera process
+    sends ``{camera_id: CameraReport}`` to the parent). ``fps``: frames per wall-clock second of the run;
+    ``error``: why the source ended early (``"Type: message"``), else None."""
+
+    frames: int
+    detections: int
+    tracklets: int
+    fps: float
+    error: str | None
 
 
 @dataclass
 class CameraStats:
-    """Counts for the final summary, one per camera."""
+    """Counts kept while a camera runs (mutated by :class:`CameraGroup`); :meth:`report` freezes them."""
 
     frames: int = 0
     detections: int = 0
@@ -51,6 +68,9 @@ class CameraStats:
     @property
     def fps(self) -> float:
         return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def report(self) -> CameraReport:
+        return CameraReport(self.frames, self.detections, self.tracklets, self.fps, self.first_error)
 
 
 @dataclass
@@ -69,7 +89,11 @@ class Camera:
 
 class _Reader(threading.Thread):
     """Reads one source into a small bounded queue. Recorded sources block when the queue is full (nothing is
-    dropped in replay); live sources drop frames inside the source itself."""
+    dropped in replay); live sources drop frames inside the source itself.
+
+    A source failure (:data:`SOURCE_FAILURES`) ends this camera only, recorded in its stats: the other
+    cameras' footage is still good. Any other exception is kept in ``crash`` for the group to re-raise.
+    """
 
     def __init__(self, cam: Camera, maxsize: int, stop: threading.Event):
         super().__init__(name=f"reader-{cam.camera_id}", daemon=True)
@@ -78,6 +102,7 @@ class _Reader(threading.Thread):
         self.stop_event = stop
         self.live = isinstance(cam.source, LiveStreamSource)
         self.head: Frame | object | None = None  # the next item, taken out of ``frames`` but not yet used
+        self.crash: BaseException | None = None
 
     def peek(self) -> None:
         if self.head is None:
@@ -97,8 +122,10 @@ class _Reader(threading.Thread):
                         continue
                 if self.stop_event.is_set():
                     break
-        except Exception as exc:  # a source failing mid-run ends that camera only; recorded in its stats
+        except SOURCE_FAILURES as exc:
             self.cam.stats.first_error = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # a bug: the group's thread re-raises it, so the run fails loudly
+            self.crash = exc
         finally:
             self.frames.put(_END)
 
@@ -109,7 +136,8 @@ class CameraGroup:
     ``detect(images) -> list[Detections]`` is the detector (batched across cameras, at most ``batch`` frames
     per call). ``on_tracks(frame, detections, tracks)`` and ``on_tracklet(tracklet)`` receive every result;
     ``on_frame_done(camera_id)`` lets a caller move progress bars. ``run`` returns when every source has ended
-    (replay) or ``stop()`` was called (live / Ctrl-C). Open tracks are closed and handed on at the end of a
+    (replay) or ``stop()`` was called (live / Ctrl-C); it re-raises an unexpected exception of a source
+    (see :class:`_Reader`) after stopping the others. Open tracks are closed and handed on at the end of a
     source and for live cameras on ``stop()``; a recorded camera stopped early keeps its open tracks back, so
     that re-running the same footage stores them whole (see :meth:`_finish`).
     """
@@ -162,6 +190,8 @@ class CameraGroup:
                 for r in ended:
                     active.remove(r)
                     r.head = None
+                    if r.crash is not None:
+                        raise r.crash
                     self._finish(r.cam, t0)
                 picked = self._pick(active)
                 self._progress(active)

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from common.config_loader import ConfigError, from_mapping, load_yaml, to_plain, with_overrides
-from common.redact import redact_url
 from pipeline.config.schema import (
     DEFAULT_DETECTOR_WEIGHTS,
     CameraConfig,
@@ -76,7 +75,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
-    "redact_url",  # re-exported for pipeline/runtime/app.py and storage/db.py until they import common.redact
 ]
 
 

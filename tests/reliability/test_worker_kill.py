@@ -99,7 +99,7 @@ def check_exactly_once(db: Path, out: Path) -> dict[tuple[str, int, int], int]:
 
 
 def kill_worker(proc: subprocess.Popen, role: str) -> int:
-    """SIGKILL the child of ``run_pipeline.py`` that runs ``role`` (its process name, see pipeline/runtime/app.py)."""
+    """SIGKILL the child of ``run_pipeline.py`` that runs ``role`` (its process name, see pipeline/runtime/compose.py)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for child in psutil.Process(proc.pid).children(recursive=True):
