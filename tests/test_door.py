@@ -54,6 +54,13 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[str, str, str]]:
             "reid.backbone_weights",
         ),
         "not backbone weights": (vtest, f'reid: {{backbone_weights: "{vtest}"}}\n', "reid.backbone_weights"),
+        "unknown tracker": (vtest, "tracker: {name: nope}\n", "tracker.name"),
+        # matcher.threshold: auto needs a checkpoint that records a calibrated threshold; this older one does not
+        "auto threshold, uncalibrated checkpoint": (
+            vtest,
+            f'reid: {{checkpoint: "{REPO / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"}"}}\n',
+            "matcher.threshold",
+        ),
     }
 
 
@@ -87,6 +94,8 @@ CASES = [
     "not a checkpoint",
     "missing backbone weights",
     "not backbone weights",
+    "unknown tracker",
+    "auto threshold, uncalibrated checkpoint",
 ]
 
 
@@ -182,3 +191,17 @@ def test_good_inputs_pass_the_door(tmp_path):
         f'detector: {{weights: "{det}"}}\n'
     )
     check_at_door(load_config(cfg_path), cameras=True, reid=True)  # the default checkpoint is good
+
+
+def test_a_crop_outside_the_frame_is_refused_at_the_door(tmp_path):
+    vtest = shared_path("data/vtest/vtest.avi")  # 768x576
+    det = shared_path("assets/detectors/yolo11n_int8_openvino_model")
+    cfg = tmp_path / "cams.yaml"
+    cfg.write_text(
+        f'cameras:\n  - {{id: zone, source: "{vtest}", crop: [400, 0, 900, 576]}}\n'
+        f'detector: {{weights: "{det}"}}\n'
+    )
+    db = tmp_path / "reid.db"
+    r, seconds = run_cli("--cameras", str(cfg), "--db", f"sqlite:///{db}", "--quiet")
+    assert_refused_at_door(r, seconds, "zone", db)
+    assert "crop" in r.stderr

@@ -65,6 +65,7 @@ def check_at_door(
             for cam in selected_cameras(cfg, only):
                 check_source(cam)
             check_detector_weights(cfg.detector.weights)
+            check_tracker_name(cfg.tracker.name)
         return probe.result() if probe is not None else None
     finally:
         if probe is not None:
@@ -121,6 +122,15 @@ def check_detector_weights(weights: str) -> None:
     if not path.exists():
         where = f" (no such file in {Path.cwd()})" if path.parent == Path(".") else ""
         raise DoorError(f"detector.weights: {weights} not found{where}; {_WEIGHTS_HELP}")
+
+
+def check_tracker_name(name: str) -> None:
+    """``tracker.name`` must be a key of the tracker plug-in dict (its parameters are checked when the camera
+    worker builds it, which may load a re-ID model)."""
+    from trackers import TRACKERS
+
+    if name not in TRACKERS:
+        raise DoorError(f"tracker.name: unknown tracker {name!r} (valid: {', '.join(TRACKERS)})")
 
 
 def _resolved(path: str) -> str:
