@@ -39,13 +39,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
     """
     cams: list[Camera] = []
     opened = []
-    selected = [c for c in cfg.enabled_cameras if only is None or c.id in only]
-    if only is not None:
-        unknown = sorted(set(only) - {c.id for c in cfg.enabled_cameras})
-        if unknown:
-            raise ValueError(
-                f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in cfg.enabled_cameras]}"
-            )
+    selected = cfg.selected_cameras(only)
     try:
         for c in selected:
             source = open_source(

@@ -20,6 +20,7 @@ import datetime as dt
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -451,6 +452,18 @@ class PipelineConfig(Section):
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:
         return tuple(c for c in self.cameras if c.enabled)
+
+    def selected_cameras(self, only: Sequence[str] | None = None) -> tuple[CameraConfig, ...]:
+        """The enabled cameras, or the ``only`` ones among them (``--only``), in config order. An unknown or
+        disabled id in ``only`` raises a one-line ``ValueError`` naming ``--only`` and listing the valid ids."""
+        enabled = self.enabled_cameras
+        if only is not None:
+            unknown = sorted(set(only) - {c.id for c in enabled})
+            if unknown:
+                raise ValueError(
+                    f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in enabled]}"
+                )
+        return tuple(c for c in enabled if only is None or c.id in only)
 
     def camera(self, camera_id: str) -> CameraConfig:
         """The camera with this id; ``KeyError`` listing the valid ids otherwise."""

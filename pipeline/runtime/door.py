@@ -72,17 +72,12 @@ def check_at_door(
             probe.close()
 
 
-def selected_cameras(cfg: PipelineConfig, only: Sequence[str] | None) -> list[CameraConfig]:
-    """The enabled cameras, or the ``only`` ones among them (config order); an unknown or disabled id in
-    ``only`` raises :class:`DoorError` listing the valid ones."""
-    enabled = cfg.enabled_cameras
-    if only is not None:
-        unknown = sorted(set(only) - {c.id for c in enabled})
-        if unknown:
-            raise DoorError(
-                f"--only: unknown or disabled camera(s) {unknown}; valid: {[c.id for c in enabled]}"
-            )
-    return [c for c in enabled if only is None or c.id in only]
+def selected_cameras(cfg: PipelineConfig, only: Sequence[str] | None) -> tuple[CameraConfig, ...]:
+    """:meth:`PipelineConfig.selected_cameras`, its error as a :class:`DoorError`."""
+    try:
+        return cfg.selected_cameras(only)
+    except ValueError as exc:
+        raise DoorError(str(exc)) from None
 
 
 def check_source(cam: CameraConfig) -> None:
