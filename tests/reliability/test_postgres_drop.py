@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 
 import pytest
 
-from pipeline.transport.queues import open_queue
+from pipeline.config import QueueConfig
 from tests.reliability.helpers import (
     backends,
     check_store,
@@ -27,8 +26,8 @@ FRAMES = 150  # 15 s per camera in real time: room for several rounds of termina
 # The matcher's transaction writes these tables; the camera health reports write only cameras and
 # camera_health_events, and the parent's summary is read-only (no transaction id), so neither is hit.
 MATCHER_WRITES = r"\m(tracklets|embeddings|identities|sightings)\M"
-# the queues' default, which the full pipeline uses
-MAX_DELIVERIES = inspect.signature(open_queue).parameters["max_deliveries"].default
+# the config schema's default, which the full pipeline uses
+MAX_DELIVERIES = QueueConfig().max_deliveries
 
 
 class DeadLettered(AssertionError):
