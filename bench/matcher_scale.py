@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="tracklets per assign call")
     ap.add_argument("--repeats", type=int, default=30, help="timed batches per gallery size")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--threshold", type=float, default=DEFAULTS.threshold)
+    ap.add_argument("--threshold", type=float, default=0.6, help="cosine threshold (a deployment uses its checkpoint's)")
     ap.add_argument("--max-prototypes", type=int, default=DEFAULTS.max_prototypes)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--blas-threads", default="1", help="BLAS threads (set before numpy loads), or 'auto'")

@@ -16,6 +16,9 @@ from pipeline.matching.ordering import OrderedIntake
 from pipeline.matching.topology import Topology
 
 DEFAULTS = MatcherConfig()
+# matcher.threshold defaults to auto (the checkpoint's calibrated value); the synthetic embeddings of these tests
+# are built around this number, the fixed default the matcher had before thresholds came with the model.
+THRESHOLD = 0.6
 
 
 def gallery(**kw: Any) -> Gallery:
@@ -31,7 +34,7 @@ def matcher(g: Gallery | None = None, topology: Topology | None = None, **kw: An
     return Matcher(
         gallery() if g is None else g,
         Topology() if topology is None else topology,
-        **{"threshold": DEFAULTS.threshold, **kw},
+        **{"threshold": THRESHOLD, **kw},
     )
 
 

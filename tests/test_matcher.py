@@ -16,7 +16,7 @@ from tests import matching_defaults as build
 E = 8
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MODEL = "drsta-test"
-THRESHOLD = build.DEFAULTS.threshold  # the cosines below are set around it (and assume it below 0.9)
+THRESHOLD = build.THRESHOLD  # the cosines below are set around it (and assume it below 0.9)
 
 
 def basis(i: int) -> np.ndarray:

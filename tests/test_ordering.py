@@ -24,7 +24,7 @@ from tests import matching_defaults as build
 T0 = 1_700_000_000.0
 MODEL = "test-model"
 DIM = 32
-THRESHOLD = build.DEFAULTS.threshold  # the scene puts cross-person similarities near it
+THRESHOLD = build.THRESHOLD  # the scene puts cross-person similarities near it
 SESSION = "run-1"
 CLOSE_DELAY_S = 0.7  # a track closes this long after it was last seen (the tracklet builder's max_gap)
 

@@ -259,7 +259,7 @@ def _restore(store: Store) -> Matcher:
     """The matcher worker's own restore, with the config schema's defaults."""
     d = build.DEFAULTS
     return restore_matcher(
-        store, topology=Topology(), threshold=d.threshold, model=MODEL, max_prototypes=d.max_prototypes
+        store, topology=Topology(), threshold=build.THRESHOLD, model=MODEL, max_prototypes=d.max_prototypes
     )
 
 
