@@ -19,9 +19,12 @@ from pipeline.camera.loop import Camera, CameraGroup
 from pipeline.camera.mot_io import read_mot
 from pipeline.camera.sources import FrameSource, open_source
 from pipeline.camera.tracklets import TrackletBuilder
-from pipeline.config import DetectorConfig, TrackletConfig
+from pipeline.config import DetectorConfig, LiveConfig, TrackletConfig
 from tests.conftest import REPO, shared_path
 from trackers import build_tracker
+
+# Live settings that give up on a dead stream quickly (the schema's defaults wait seconds).
+FAST_LIVE = LiveConfig(read_timeout_s=0.5, reconnect_initial_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_until_tracklets_writes_mot_and_tracklets(tmp_path):
 def test_a_dead_live_camera_never_stalls_the_others(detector):
     vtest = shared_path("data/vtest/vtest.avi")
     good = open_source("plaza", str(vtest), max_frames=30)
-    dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
+    dead = open_source("door", "http://127.0.0.1:9/stream.ts", live=FAST_LIVE)
     cams = [
         Camera("plaza", good, build_tracker("bytetrack"), builder("plaza")),
         Camera("door", dead, build_tracker("bytetrack"), builder("door")),
@@ -129,7 +132,7 @@ def test_tracklets_are_numbered_and_watermarks_bound_what_follows(detector):
     markers count up, end with a final one, and a live source that is down reports itself idle."""
     vtest = shared_path("data/vtest/vtest.avi")
     good = open_source("plaza", str(vtest), max_frames=240)
-    dead = open_source("door", "http://127.0.0.1:9/stream.ts", read_timeout_s=0.5, reconnect_initial_s=0.2)
+    dead = open_source("door", "http://127.0.0.1:9/stream.ts", live=FAST_LIVE)
     cams = [
         Camera("plaza", good, build_tracker("bytetrack"), builder("plaza", max_gap=10, max_length=60)),
         Camera("door", dead, build_tracker("bytetrack"), builder("door")),
@@ -222,9 +225,7 @@ def test_health_reporter_stores_each_cameras_health(detector, tmp_path):
         ),
         Camera(
             "door",
-            open_source(
-                "door", "http://user:pw123@127.0.0.1:9/s.ts", read_timeout_s=0.5, reconnect_initial_s=0.2
-            ),
+            open_source("door", "http://user:pw123@127.0.0.1:9/s.ts", live=FAST_LIVE),
             build_tracker("bytetrack"),
             builder("door"),
         ),
@@ -286,7 +287,7 @@ def test_config_paths_and_urls_never_reach_a_shell(tmp_path, source):
     if r is not None:
         assert r.returncode == 2 and "cam1" in r.stderr.strip().splitlines()[-1]
     else:  # a live URL keeps retrying: open it directly and close it again
-        s = open_source("cam1", src, read_timeout_s=0.5, reconnect_initial_s=0.2)
+        s = open_source("cam1", src, live=FAST_LIVE)
         time.sleep(1.0)
         s.close()
     assert not marker.exists()
@@ -318,7 +319,7 @@ def test_a_source_failure_ends_that_camera_only_and_a_bug_fails_the_run(detector
     vtest = str(shared_path("data/vtest/vtest.avi"))
 
     def camera(cid, source):
-        return Camera(cid, source, build_tracker("bytetrack"), TrackletBuilder(cid))
+        return Camera(cid, source, build_tracker("bytetrack"), builder(cid))
 
     good = camera("good", open_source("good", vtest, max_frames=12))
     bad = camera("bad", FailsAfter(open_source("bad", vtest, max_frames=12), 3, error))
@@ -356,7 +357,7 @@ def test_health_reporter_rides_out_a_store_outage_but_fails_loudly_on_a_bug(
     vtest = str(shared_path("data/vtest/vtest.avi"))
     inner = open_source("plaza", vtest, realtime=True)  # 80 s of footage at its own pace
     source = HealthBug(inner, 10_000, StopIteration()) if fault == "bug" else inner
-    cams = [Camera("plaza", source, build_tracker("bytetrack"), TrackletBuilder("plaza"))]
+    cams = [Camera("plaza", source, build_tracker("bytetrack"), builder("plaza"))]
     group = CameraGroup(cams, detector.detect)
     with store.session() as s:
         repo.upsert_camera(s, "plaza", "redacted", None)

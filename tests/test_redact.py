@@ -11,6 +11,7 @@ import pytest
 
 from common.redact import redact_text, redact_url, url_secrets
 from pipeline.camera.sources import LiveStreamSource, SourceError, open_source
+from pipeline.config import LiveConfig
 from pipeline.transport.queues import QueueError, open_queue
 from tests.queue_defaults import QUEUE
 
@@ -124,7 +125,7 @@ def test_live_source_and_redis_queue_never_log_or_raise_their_secrets(
 
     # A live source on a port where nothing listens: it fails to connect and retries in its reader thread.
     live_url = "rtsp://user:s3cret@127.0.0.1:1/stream?token=t0ken"
-    src = open_source("cam-secret", live_url, reconnect_initial_s=0.05, reconnect_max_s=0.2)
+    src = open_source("cam-secret", live_url, live=LiveConfig(reconnect_initial_s=0.05, reconnect_max_s=0.2))
     try:
         assert isinstance(src, LiveStreamSource)
         deadline = time.monotonic() + 10

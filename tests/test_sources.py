@@ -29,6 +29,7 @@ from pipeline.camera.sources import (
     open_source,
     probe_video,
 )
+from pipeline.config import LiveConfig
 from tests.conftest import shared_path
 
 pytestmark = pytest.mark.timeout(60)
@@ -467,7 +468,7 @@ def _unsupported_scheme(tmp: Path) -> str:
 def test_unusable_source_raises_source_error_naming_camera(make, loop, tmp_path):
     source = make(tmp_path)
     with pytest.raises(SourceError) as info:
-        open_source("cam-bad-7", source, loop=loop)
+        open_source("cam-bad-7", source, loop=loop, live=LiveConfig())
     message = str(info.value)
     assert isinstance(info.value, ValueError)
     assert "cam-bad-7" in message and source in message and "\n" not in message
@@ -611,9 +612,7 @@ def test_live_stream_max_frames_ends_iteration(stream_server):
         "cam-live-max",
         f"http://127.0.0.1:{port}/live.ts",
         max_frames=3,
-        read_timeout_s=1.0,
-        reconnect_initial_s=0.2,
-        reconnect_max_s=1.0,
+        live=LiveConfig(read_timeout_s=1.0, reconnect_initial_s=0.2, reconnect_max_s=1.0),
     ) as src:
         assert isinstance(src, LiveStreamSource) and src.num_frames == 3
         frames = list(src)
@@ -696,7 +695,7 @@ def test_unreachable_stream_keeps_retrying_without_raising(template):
 @pytest.mark.parametrize("loop", [False, True])  # live sources ignore loop
 def test_open_source_dispatch(source, kind, loop):
     source = source.format(port=_free_port()) if "://" in source else str(shared_path(source))
-    with open_source("cam-d", source, max_frames=1, loop=loop) as src:
+    with open_source("cam-d", source, max_frames=1, loop=loop, live=LiveConfig()) as src:
         assert type(src) is kind and src.camera_id == "cam-d"
 
 

@@ -50,10 +50,7 @@ def build_cameras(cfg: PipelineConfig, *, only: Sequence[str] | None = None) -> 
                 realtime=cfg.replay.realtime,
                 max_frames=cfg.replay.max_frames,
                 loop=cfg.replay.loop,
-                read_timeout_s=cfg.live.read_timeout_s,
-                open_timeout_s=cfg.live.open_timeout_s,
-                reconnect_initial_s=cfg.live.reconnect_initial_s,
-                reconnect_max_s=cfg.live.reconnect_max_s,
+                live=cfg.live,
                 crop=c.crop,
             )
             opened.append(source)

@@ -30,11 +30,8 @@ from common.redact import redact_url
 from pipeline.camera.crop import Crop
 from pipeline.camera.source_kind import LIVE_SCHEMES, source_kind
 from pipeline.camera.sources.base import (
-    DEFAULT_OPEN_TIMEOUT_S,
-    DEFAULT_READ_TIMEOUT_S,
-    DEFAULT_RECONNECT_INITIAL_S,
-    DEFAULT_RECONNECT_MAX_S,
     FrameSource,
+    LiveSettings,
     SourceError,
     SourceHealth,
 )
@@ -46,6 +43,7 @@ from pipeline.transport.messages import Frame
 __all__ = [
     "FrameSource",
     "ImageFolderSource",
+    "LiveSettings",
     "LiveStreamSource",
     "SourceError",
     "SourceHealth",
@@ -67,10 +65,7 @@ def open_source(
     realtime: bool = False,
     max_frames: int | None = None,
     loop: bool = False,
-    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-    open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
-    reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
-    reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
+    live: LiveSettings | None = None,
     crop: Crop | None = None,
 ) -> FrameSource:
     """Open the source named by ``source`` for camera ``camera_id``, of the kind :func:`source_kind` says.
@@ -78,8 +73,9 @@ def open_source(
     ``rtsp:// rtsps:// rtmp:// http:// https:// udp:// tcp://`` -> :class:`LiveStreamSource`; a digit string
     -> :class:`WebcamSource`; a path ending in a separator or without a suffix -> :class:`ImageFolderSource`;
     any other path -> :class:`VideoFileSource`. ``start_time``, ``realtime`` and ``loop`` apply to recorded
-    sources only (a live source ignores ``loop``: it never ends); the timeout and reconnect settings to live
-    ones. ``crop`` ``(x1, y1, x2, y2)`` (pixels of the source's upright frame, x2 and y2 exclusive) applies to
+    sources only (a live source ignores ``loop``: it never ends). ``live`` (the config's ``live:`` section)
+    holds the timeout and reconnect settings a live source or webcam needs; opening one without it raises
+    ``ValueError``. ``crop`` ``(x1, y1, x2, y2)`` (pixels of the source's upright frame, x2 and y2 exclusive) applies to
     every kind: the source yields that rectangle of each frame and reports its size as ``frame_size``; a crop
     that is not four integers with ``0 <= x1 < x2``, ``0 <= y1 < y2`` raises ``ValueError``. Raises
     :class:`SourceError` (a ``ValueError``) naming the camera and the source (credentials redacted) for an
@@ -92,19 +88,23 @@ def open_source(
         kind = source_kind(source)
     except ValueError as e:
         raise SourceError(f"camera {camera_id!r}: source {redact_url(source)!r}: {e}") from None
-    live = {
-        "fps": fps,
-        "max_frames": max_frames,
-        "read_timeout_s": read_timeout_s,
-        "open_timeout_s": open_timeout_s,
-        "reconnect_initial_s": reconnect_initial_s,
-        "reconnect_max_s": reconnect_max_s,
-        "crop": crop,
-    }
-    if kind == "live":
-        return LiveStreamSource(camera_id, source, **live)
-    if kind == "webcam":
-        return WebcamSource(camera_id, int(source), **live)
+    if kind in ("live", "webcam"):
+        if live is None:
+            raise ValueError(
+                f"camera {camera_id!r}: a live source needs the live: settings (open_source(live=...))"
+            )
+        settings = {
+            "fps": fps,
+            "max_frames": max_frames,
+            "read_timeout_s": live.read_timeout_s,
+            "open_timeout_s": live.open_timeout_s,
+            "reconnect_initial_s": live.reconnect_initial_s,
+            "reconnect_max_s": live.reconnect_max_s,
+            "crop": crop,
+        }
+        if kind == "live":
+            return LiveStreamSource(camera_id, source, **settings)
+        return WebcamSource(camera_id, int(source), **settings)
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import numpy as np
 
@@ -29,28 +30,30 @@ from pipeline.transport.messages import Frame
 __all__ = [
     "DEFAULT_IMAGE_FOLDER_FPS",
     "DEFAULT_LIVE_QUEUE_SIZE",
-    "DEFAULT_OPEN_TIMEOUT_S",
-    "DEFAULT_READ_TIMEOUT_S",
-    "DEFAULT_RECONNECT_INITIAL_S",
-    "DEFAULT_RECONNECT_MAX_S",
     "FALLBACK_FPS",
     "FrameSource",
     "HealthRecorder",
     "SourceError",
+    "LiveSettings",
     "SourceHealth",
     "one_line",
     "to_posix",
 ]
 
-# Defaults, written once and shared by open_source and the classes.
+# Fixed settings of the sources (the configurable ones, live timeouts included, are the config schema's).
 DEFAULT_IMAGE_FOLDER_FPS = 25.0
 FALLBACK_FPS = 25.0  # timestamps of a file whose rate neither ffprobe nor OpenCV knows
-DEFAULT_READ_TIMEOUT_S = 5.0
-DEFAULT_OPEN_TIMEOUT_S = 10.0
-DEFAULT_RECONNECT_INITIAL_S = 0.5
-DEFAULT_RECONNECT_MAX_S = 30.0
 DEFAULT_LIVE_QUEUE_SIZE = 2
 _FPS_WINDOW_S = 5.0  # measured fps is over the frames of the last few seconds
+
+
+class LiveSettings(Protocol):
+    """How a live source waits, in seconds (the config's ``live:`` section, ``LiveConfig``, is one)."""
+
+    read_timeout_s: float
+    open_timeout_s: float
+    reconnect_initial_s: float
+    reconnect_max_s: float
 
 
 class SourceError(ValueError):

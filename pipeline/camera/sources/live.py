@@ -40,10 +40,6 @@ from common.redact import redact_text, redact_url, url_secrets
 from pipeline.camera.crop import Crop
 from pipeline.camera.sources.base import (
     DEFAULT_LIVE_QUEUE_SIZE,
-    DEFAULT_OPEN_TIMEOUT_S,
-    DEFAULT_READ_TIMEOUT_S,
-    DEFAULT_RECONNECT_INITIAL_S,
-    DEFAULT_RECONNECT_MAX_S,
     FrameSource,
     SourceError,
     one_line,
@@ -75,10 +71,10 @@ class LiveStreamSource(FrameSource):
         *,
         fps: float | None = None,
         max_frames: int | None = None,
-        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
-        open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S,
-        reconnect_initial_s: float = DEFAULT_RECONNECT_INITIAL_S,
-        reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
+        read_timeout_s: float,
+        open_timeout_s: float,
+        reconnect_initial_s: float,
+        reconnect_max_s: float,
         queue_size: int = DEFAULT_LIVE_QUEUE_SIZE,
         crop: Crop | None = None,
     ) -> None:
