@@ -32,7 +32,6 @@ __all__ = [
     "TrackletPictureRow",
     "TrackletBoxesRow",
     "RetiredIdentityRow",
-    "PICTURE_KINDS",
     "RETIRE_REASONS",
     "BOX_RECORD_BYTES",
     "identity_timeline",
@@ -41,7 +40,6 @@ __all__ = [
 # The values of camera_health_events.event.
 HEALTH_EVENTS = ("disconnected", "reconnected", "error")
 # The values of tracklet_pictures.kind and of retired_identities.reason.
-PICTURE_KINDS = ("crop", "attention")
 RETIRE_REASONS = ("forgotten", "pruned")
 # One record of tracklet_boxes.boxes: int32 frame offset + x1, y1, x2, y2 float32, little-endian.
 BOX_RECORD_BYTES = 20

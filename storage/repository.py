@@ -25,13 +25,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from common.pictures import PICTURE_KINDS, Picture
 from common.redact import redact_text, redact_url
 from storage import queries
 from storage.boxes import TrackBoxes, decode_boxes, encode_boxes
 from storage.db import StoreError
 from storage.models import (
     HEALTH_EVENTS,
-    PICTURE_KINDS,
     Base,
     CameraRow,
     EmbeddingRow,
@@ -818,39 +818,7 @@ def passed_a_then_b(session: Session, camera_a: str, camera_b: str, within_s: fl
 # ----------------------------------------------------------------------------------------------------
 # Pictures and per-frame boxes of tracklets
 
-_JPEG_SOI = b"\xff\xd8\xff"  # every JPEG file starts with these bytes
 _CHUNK = 500  # ids per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
-
-
-@dataclass(frozen=True)
-class Picture:
-    """One JPEG picture of a tracklet, as :func:`add_pictures` stores it.
-
-    ``kind``: ``'crop'`` (one of its best crops, ``rank`` 0 = the best) or ``'attention'`` (a crop with the
-    attention parts' heatmaps drawn over it, normally one, rank 0). ``frame_index``: the frame it was cropped
-    from (0-based per camera worker run, like ``tracklets.first_frame``); ``width`` x ``height``: the
-    picture's size in pixels; ``jpeg``: the encoded file (it must start with the JPEG marker ``FF D8 FF``).
-    Raises ``ValueError`` naming the field on construction.
-    """
-
-    kind: str
-    rank: int
-    frame_index: int
-    width: int
-    height: int
-    jpeg: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if self.kind not in PICTURE_KINDS:
-            raise ValueError(f"Picture.kind: expected one of {PICTURE_KINDS}, got {self.kind!r}")
-        for name, low in (("rank", 0), ("frame_index", 0), ("width", 1), ("height", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
-                raise ValueError(f"Picture.{name}: expected an int >= {low}, got {v!r}")
-            object.__setattr__(self, name, int(v))
-        if not isinstance(self.jpeg, bytes | bytearray | memoryview) or not bytes(self.jpeg[:3]) == _JPEG_SOI:
-            raise ValueError("Picture.jpeg: expected the bytes of a JPEG file (starting with FF D8 FF)")
-        object.__setattr__(self, "jpeg", bytes(self.jpeg))
 
 
 @dataclass(frozen=True)

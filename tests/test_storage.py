@@ -148,7 +148,8 @@ def scene(store) -> dict[str, int]:
                 assign(s, ids[name], identity, None if name.endswith("1") and camera == "A" else 0.8)
             if identity == 1:  # the best crop and a worse one (not real JPEG data: only the marker)
                 pictures = [
-                    repo.Picture("crop", r, 0, 128, 256, b"\xff\xd8\xff" + name.encode()) for r in (0, 1)
+                    repo.Picture("crop", r, 0, 128, 256, b"\xff\xd8\xff" + name.encode() + b"\xff\xd9")
+                    for r in (0, 1)
                 ]
                 repo.add_pictures(s, ids[name], pictures)
         for camera, connected in (("A", True), ("B", False), ("C", True)):

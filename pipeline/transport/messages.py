@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.pictures import PICTURE_KINDS, Picture
+
 __all__ = [
     "Frame",
     "Detections",
@@ -26,8 +28,8 @@ __all__ = [
     "Progress",
 ]
 
-# The kinds of TrackletPicture: one of the best crops, or a crop with the attention heatmaps drawn over it.
-PICTURE_KINDS = ("crop", "attention")
+# A tracklet's picture is the one record shared with the store (common/pictures.py).
+TrackletPicture = Picture
 
 
 def _column(name: str, value, dtype, n: int | None, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -215,38 +217,6 @@ def _no_frames() -> np.ndarray:
 
 def _no_boxes() -> np.ndarray:
     return np.zeros((0, 4), np.float32)
-
-
-@dataclass(frozen=True)
-class TrackletPicture:
-    """One picture of a tracklet, JPEG-encoded by the re-ID worker for the store (docs/schema.md,
-    ``tracklet_pictures``).
-
-    ``kind``: ``'crop'`` (one of the best crops by temporal attention, ``rank`` 0 = best) or ``'attention'``
-    (a crop with the K part heatmaps drawn over it, rank 0). ``frame_index``: the frame it comes from;
-    ``width`` x ``height``: the picture's size in pixels; ``jpeg``: the complete JPEG file.
-    """
-
-    kind: str
-    rank: int
-    frame_index: int
-    width: int
-    height: int
-    jpeg: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if self.kind not in PICTURE_KINDS:
-            raise ValueError(f"TrackletPicture.kind: expected one of {PICTURE_KINDS}, got {self.kind!r}")
-        for name, low in (("rank", 0), ("frame_index", 0), ("width", 1), ("height", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
-                raise ValueError(f"TrackletPicture.{name}: expected an int >= {low}, got {v!r}")
-        if (
-            not isinstance(self.jpeg, bytes)
-            or self.jpeg[:3] != b"\xff\xd8\xff"
-            or self.jpeg[-2:] != b"\xff\xd9"
-        ):
-            raise ValueError("TrackletPicture.jpeg: expected the bytes of a complete JPEG file")
 
 
 @dataclass(frozen=True)
