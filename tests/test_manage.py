@@ -25,9 +25,10 @@ from tests.conftest import REDIS_URL, redis_unreachable
 from tests.queue_defaults import QUEUE
 from tests.test_forget_prune import PER_TRACKLET, WORLD, leftovers
 from tests.test_pictures_store import pictures, table_counts, track
-from tests.test_storage import T0, add, assign
+from tests.test_storage import T0, add, assign, store, target
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = (store, target)  # the store on SQLite and PostgreSQL, from tests/test_storage.py
 
 
 def manage(*args: str) -> subprocess.CompletedProcess[str]:
@@ -271,3 +272,54 @@ def test_export_of_an_empty_store_writes_nothing(tmp_path: Path) -> None:
     done = manage("export", "--db", url, "--format", "mot", "--out", str(tmp_path / "out"))
     assert done.returncode == 0 and "(0 file(s))" in done.stdout
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.skipif(bool(redis_unreachable()), reason=redis_unreachable() or "")
+def test_prune_with_redis_trims_the_entries_published_before_the_cutoff(db) -> None:
+    url, _ = db
+    stream = f"test-manage:{uuid.uuid4().hex}:tracklets"
+    queue = RedisQueue(REDIS_URL, retry_for_s=5.0, **QUEUE)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for o in [("A", 2, 1000.0), ("B", 8, 1100.0)]:
+            queue.publish(stream, _embedding_of(*o))
+        old = manage(
+            "prune", "--db", url, "--before", _iso(T0 + 1500), "--redis", REDIS_URL, "--stream", stream
+        )
+        assert old.returncode == 0, old.stderr
+        assert client.xlen(stream) == 2, "published now: after a 2023 cutoff, so kept"
+        soon = datetime.now(UTC).timestamp() + 60
+        new = manage("prune", "--db", url, "--before", _iso(soon), "--redis", REDIS_URL, "--stream", stream)
+        assert new.returncode == 0, new.stderr
+        assert client.xlen(stream) == 0
+    finally:
+        client.delete(stream, dead_letter_stream(stream))
+        client.close()
+        queue.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The functions on PostgreSQL too
+
+
+@pytest.mark.parametrize("target", ["postgresql"], indirect=True)
+def test_forget_and_export_functions_on_postgresql(store, tmp_path: Path) -> None:
+    from pipeline.tools.manage import export_mot, forget
+
+    ids = {}
+    with store.session() as s:
+        for name, (camera, track_id, start, end, identity) in WORLD.items():
+            tid = ids[name] = add(s, camera, track_id, start, end)
+            repo.add_pictures(s, tid, pictures(tid))
+            repo.add_boxes(s, tid, track(int(start * 10), 5, seed=tid))
+            if identity is not None:
+                assign(s, tid, identity)
+        s.commit()
+    report, cleanup = forget(store, 2)
+    assert cleanup is None and sorted(report.tracklet_ids) == sorted(ids[n] for n in _of(2))
+    assert leftovers(store, report.tracklet_ids, [2]) == {}
+    with pytest.raises(LookupError):
+        forget(store, 999)
+    files = export_mot(store, tmp_path)
+    assert [(f.camera_id, f.path.name) for f in files] == [("A", "A.txt"), ("B", "B.txt"), ("C", "C.txt")]
+    assert sorted({int(i) for f in files for i in read_mot(f.path)[:, 1]}) == [1, 3]
