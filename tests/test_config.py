@@ -39,7 +39,7 @@ from pipeline.config import (
     config_to_dict,
     load_config,
 )
-from pipeline.config.schema import DEFAULT_DETECTOR_WEIGHTS
+from pipeline.config.schema import DEFAULT_DETECTOR_WEIGHTS, RetentionConfig
 from pipeline.runtime.compose import make_session_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,7 @@ SECTIONS = {
     "topology": TopologyConfig,
     "queue": QueueConfig,
     "db": DBConfig,
+    "retention": RetentionConfig,
 }
 
 
@@ -508,6 +509,17 @@ ERROR_CASES = [
     ("override negative fps", BASE, ("cameras.cam2.fps=-1",), "cameras.cam2.fps", "(--set)"),
     ("override bad roi", BASE, ("cameras.cam1.roi=[[0, 0], [1, 1]]",), "cameras.cam1.roi", "at least 3"),
     ("override of min_length", BASE, ("tracklets.min_length=301",), "tracklets.min_length", "(--set)"),
+    ("retention of zero days", _with("retention.days", 0), (), "retention.days", "must be > 0"),
+    ("negative retention", _with("retention.days", -1.5), (), "retention.days", "must be > 0"),
+    ("retention as text", _with("retention.days", "30d"), (), "retention.days", "expected a number"),
+    ("override retention", BASE, ("retention.days=0",), "retention.days", "(--set)"),
+    (
+        "zero prune interval",
+        _with("retention.prune_every_s", 0),
+        (),
+        "retention.prune_every_s",
+        "must be > 0",
+    ),
 ]
 
 
@@ -1100,3 +1112,14 @@ def test_fuzz_load_config_text_returns_config_or_config_error(text: str) -> None
         path = Path(folder) / "cams.yaml"
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
         _check_outcome(lambda: load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [(None, None), (30, 30.0), (0.5, 0.5), (1e-3, 1e-3)],
+    ids=["forever", "30", "half", "tiny"],
+)
+def test_retention_days(tmp_path: Path, days: float | None, expected: float | None) -> None:
+    cfg = _load(tmp_path, _with("retention.days", days))
+    assert cfg.retention.days == expected and cfg.retention == RetentionConfig(days=expected)
+    assert _load(tmp_path, BASE).retention == RetentionConfig(days=None, prune_every_s=600.0)

@@ -536,3 +536,69 @@ def test_closing_time_groups_let_later_tracklets_of_one_batch_link_to_earlier_on
     assert a[1].is_new and a[1].identity_id == 1  # "a" closed first
     assert not a[0].is_new and a[0].identity_id == 1 and a[0].similarity == pytest.approx(1.0)
     assert m2.assign_by_closing_time([], window_s=build.DEFAULTS.window_s) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dropping identities (a forgotten or pruned person)
+
+
+def _decided(batches: list[list[TrackletEmbedding]]) -> tuple[Matcher, list[SavedTracklet]]:
+    """A matcher that decided ``batches`` and the rows a store would hold of it."""
+    m = build.matcher(model=MODEL)
+    rows = []
+    for batch in batches:
+        for t, a in zip(batch, m.assign(batch), strict=True):
+            rows.append(
+                SavedTracklet(
+                    a.identity_id, t.camera_id, t.start_time, t.end_time, t.embedding, t.track_id, 0, "r"
+                )
+            )
+    return m, rows
+
+
+@pytest.mark.parametrize("drop", [[], [2], [1, 3], [999], "all"])
+def test_a_dropped_identity_is_gone_and_the_gallery_decides_as_one_restored_without_it(drop):
+    batches = _stream(5)
+    live, rows = _decided(batches[:8])
+    ids = sorted({r.identity_id for r in rows})
+    assert len(ids) >= 4
+    drop = ids if drop == "all" else drop
+    next_id = live.gallery.next_id
+    assert live.gallery.drop(drop) == sorted(set(drop) & set(ids))
+    assert live.gallery.drop(drop) == []  # idempotent
+    kept = [r for r in rows if r.identity_id not in drop]
+    restored = build.matcher(build.restored(kept, next_id=next_id, model=MODEL), model=MODEL)
+    g, h = live.gallery, restored.gallery
+    assert g.ids.tolist() == h.ids.tolist() == [i for i in ids if i not in drop]
+    assert len(g) == len(h) and all(i not in g for i in drop) and g.next_id == next_id
+    for i in g.ids.tolist():
+        np.testing.assert_array_equal(g.prototypes(i), h.prototypes(i))
+        assert g.sightings(i) == h.sightings(i)
+    queries = np.random.default_rng(1).normal(size=(5, E)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    np.testing.assert_array_equal(g.similarities(queries)[1], h.similarities(queries)[1])
+    for r in rows:  # a track that led to a dropped identity is forgotten too (track ids are unique here)
+        expected = None if r.identity_id in drop else r.identity_id
+        assert (
+            g.track_identity(r.camera_id, r.track_id) == h.track_identity(r.camera_id, r.track_id) == expected
+        )
+    later = [live.assign(b) for b in batches[8:]]
+    assert later == [restored.assign(b) for b in batches[8:]]
+    assert all(a.identity_id not in drop for batch in later for a in batch)
+    assert all(a.identity_id >= next_id for batch in later for a in batch if a.is_new)
+
+
+def test_the_next_chunk_of_a_dropped_identitys_track_gets_a_new_id():
+    m = build.matcher(model=MODEL)
+    [a] = m.assign([tracklet("A", 1, basis(0), 0, 10)])
+    [b] = m.assign([tracklet("B", 2, basis(1), 0, 10)])
+    assert m.gallery.drop([a.identity_id]) == [1]
+    [c] = m.assign([tracklet("A", 1, basis(0), 20, 30, chunk=1)])  # same person, same track, next chunk
+    assert c.is_new and c.identity_id == 3 and m.gallery.track_identity("A", 1) == 3
+    assert m.gallery.ids.tolist() == [2, 3]
+
+
+def test_dropping_from_an_empty_gallery_changes_nothing():
+    g = build.gallery()
+    assert g.drop([]) == [] and g.drop([1]) == []
+    assert len(g) == 0 and g.next_id == 1 and g.latest_end is None

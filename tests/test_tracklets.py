@@ -339,3 +339,72 @@ def test_watermark_bounds_the_end_of_every_later_tracklet():
     assert len(emitted) > 20 and any(t.chunk > 0 for t in emitted)
     for before, wm in marks:
         assert all(t.end_time >= wm for t in emitted[before:])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-frame boxes (track_frames / track_boxes): every seen frame, the tracker's box clipped to the frame
+
+
+def _tracked(track_id: int, tracker_box, det_box=GOOD, score: float = 0.9, det_index: int = 0):
+    """One person whose detection is ``det_box`` and whose tracker estimate is ``tracker_box``."""
+    dets = Detections(np.array([det_box], np.float32), np.array([score], np.float32), np.zeros(1, np.int64))
+    tracks = Tracks(
+        np.array([track_id]), np.array([tracker_box], np.float32), np.array([score]), np.array([det_index])
+    )
+    return dets, tracks
+
+
+@pytest.mark.parametrize(
+    "seen, max_length, expected_pieces",
+    [
+        # frames seen (gaps within max_gap included), the pieces' (first, last) frames
+        (list(range(6)), 300, [(0, 5)]),
+        ([0, 1, 4, 5, 9, 10], 300, [(0, 10)]),  # gaps of 2 and 3 frames stay one piece (max_gap 30)
+        (list(range(12)), 5, [(0, 4), (5, 9)]),  # the 2-frame remainder is dropped (min_length 4)
+        ([3, 4, 5, 6], 300, [(3, 6)]),  # a track that starts late: frames are absolute
+    ],
+)
+def test_track_boxes_hold_every_seen_frame_of_the_piece(seen, max_length, expected_pieces):
+    b = make_builder(max_length=max_length)
+    box = {i: (100.0 + i, 100.0, 160.0 + i, 260.0) for i in seen}
+    closed = [
+        t
+        for i in range(max(seen) + 1)
+        for t in b.update(frame(i), *(_tracked(2, box[i], box[i]) if i in seen else EMPTY))
+    ]
+    closed += b.flush()
+    assert [(t.first_frame, t.last_frame) for t in closed] == expected_pieces
+    for t in closed:
+        want = [i for i in seen if t.first_frame <= i <= t.last_frame]
+        assert t.track_frames.dtype == np.int64 and t.track_boxes.dtype == np.float32
+        assert t.track_frames.tolist() == want and len(want) == t.num_frames
+        np.testing.assert_array_equal(t.track_boxes, np.array([box[i] for i in want], np.float32))
+
+
+def test_track_boxes_are_the_tracker_boxes_clipped_also_in_frames_without_a_crop():
+    """The per-frame box is the tracker's (not the detection's), clipped to the 640 x 480 frame, and it is
+    recorded in frames that give no crop (unmatched, low score) too."""
+    b = make_builder()
+    steps = [
+        (_tracked(1, (400.0, 300.0, 460.0, 460.0)), [400.0, 300.0, 460.0, 460.0]),
+        (_tracked(1, (-15.5, -3.0, 50.0, 500.0)), [0.0, 0.0, 50.0, 480.0]),  # overhangs: clipped
+        (_tracked(1, (600.0, 400.0, 700.0, 520.0), det_index=-1), [600.0, 400.0, 640.0, 480.0]),  # unmatched
+        (_tracked(1, (10.0, 20.0, 30.0, 40.0), score=0.05), [10.0, 20.0, 30.0, 40.0]),  # low_conf
+        (_tracked(1, (np.nan, 1.0, 2.0, 3.0)), [10.0, 20.0, 30.0, 40.0]),  # not finite: the previous box
+        *[(_tracked(1, (100.0, 100.0, 160.0, 260.0)), [100.0, 100.0, 160.0, 260.0]) for _ in range(4)],
+    ]
+    for i, (obs, _) in enumerate(steps):
+        assert b.update(frame(i), *obs) == []
+    (t,) = b.flush()
+    assert t.track_frames.tolist() == list(range(len(steps)))
+    np.testing.assert_array_equal(t.track_boxes, np.array([want for _, want in steps], np.float32))
+    # the crops still come from the detections, of the usable frames only
+    assert t.frame_indices.tolist() == [0, 1, 4, 5, 6, 7, 8]
+    np.testing.assert_array_equal(t.boxes, np.array([GOOD] * 7, np.float32))
+
+
+def test_track_boxes_of_a_one_frame_piece():
+    b = make_builder(min_length=1)
+    b.update(frame(0), *_tracked(9, (1.0, 2.0, 3.0, 4.0)))
+    (t,) = b.flush()
+    assert t.track_frames.tolist() == [0] and t.track_boxes.tolist() == [[1.0, 2.0, 3.0, 4.0]]

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from pipeline.matching.matcher import Matcher
 from pipeline.matching.topology import Topology
 from pipeline.matching.worker import restore_matcher, run_matcher_worker
-from pipeline.transport.messages import Tracklet, TrackletEmbedding
+from pipeline.transport.messages import Tracklet, TrackletEmbedding, TrackletPicture
 from pipeline.transport.queues import (
     LocalBroker,
     LocalQueue,
@@ -897,3 +897,210 @@ def test_consumer_killed_mid_message_is_completed_by_another(
     _assert_sightings(after.sightings, expected)
     assert queue.pending_count(stream, "matcher") == 0 and queue.lag(stream, "matcher") == 0
     assert queue.dead_letters(stream) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Pictures and boxes with the embedding; forgotten and pruned people (issue 11)
+
+DAY = 86_400.0
+
+
+def _jpeg(seed: int, size: tuple[int, int] = (32, 16)) -> bytes:
+    image = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return buf.tobytes()
+
+
+def _dressed(e: TrackletEmbedding, seed: int = 0) -> TrackletEmbedding:
+    """``e`` with per-frame boxes (every other frame of its span) and 2 crops + 1 attention picture."""
+    frames = np.arange(e.first_frame, e.last_frame + 1, 2, dtype=np.int64)
+    boxes = np.stack([frames * 0.5, frames * 0.25, frames * 0.5 + 60, frames * 0.25 + 160], axis=1)
+    pictures = tuple(
+        TrackletPicture(kind, rank, int(frames[rank]), 16, 32, _jpeg(seed * 10 + k))
+        for k, (kind, rank) in enumerate([("crop", 0), ("crop", 1), ("attention", 0)])
+    )
+    return replace(e, track_frames=frames, track_boxes=boxes.astype(np.float32), pictures=pictures)
+
+
+def _assert_dressed_in_sql(
+    store: Store, scene: Sequence[TrackletEmbedding], session_key: str = SESSION
+) -> None:
+    """Every tracklet of ``scene`` has exactly its boxes and pictures in SQL, bit for bit."""
+    t = TrackletRow
+    with store.session(readonly=True) as s:
+        for e in scene:
+            tid = s.execute(
+                sa.select(t.id).where(
+                    t.camera_id == e.camera_id,
+                    t.track_id == e.track_id,
+                    t.chunk == e.chunk,
+                    t.session_key == session_key,
+                )
+            ).scalar_one()
+            stored = repo.boxes_of_tracklet(s, tid)
+            assert stored is not None, e.key
+            np.testing.assert_array_equal(stored.frames, e.track_frames)
+            np.testing.assert_array_equal(stored.boxes, e.track_boxes)
+            got = {
+                (p.kind, p.rank): (p.frame_index, p.width, p.height, p.jpeg)
+                for p in repo.pictures_of_tracklet(s, tid)
+            }
+            assert got == {(p.kind, p.rank): (p.frame_index, p.width, p.height, p.jpeg) for p in e.pictures}
+
+
+def test_pictures_and_boxes_land_in_sql_with_the_embedding(queue: Queue, make_store, names) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = [_dressed(e, i) for i, e in enumerate(_scene(seed=41))]
+    bare = _embedding("C", 99, 300.0, _people(1, 5)[0])  # a producer that sends neither
+    _publish(queue, stream, [*scene, bare])
+    assert _run_matcher(queue, store, _restoring(store), stream) == len(scene) + 1
+    counts = _snapshot(store).counts
+    assert (counts["tracklets"], counts["embeddings"]) == (7, 7)
+    assert (counts["tracklet_boxes"], counts["tracklet_pictures"]) == (6, 18)
+    _assert_dressed_in_sql(store, scene)
+    _publish(queue, stream, scene[:2])  # redelivered: nothing changes
+    assert _run_matcher(queue, store, _restoring(store), stream, consumer="matcher-2") == 0
+    assert _snapshot(store).counts == counts
+
+
+def test_a_rolled_back_transaction_leaves_no_pictures_or_boxes(queue: Queue, make_store, names) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = [_dressed(e, i) for i, e in enumerate(_scene(seed=43))]
+    _publish(queue, stream, scene)
+    faulty = _FaultyStore(store, "commit raises")
+    after_failure: list[dict[str, int]] = []
+
+    def make() -> Matcher:
+        if faulty.failures == 1 and not after_failure:
+            after_failure.append(_snapshot(store).counts)
+        return _restore(faulty)
+
+    assert _run_matcher(queue, faulty, make, stream) == len(scene)
+    assert faulty.failures == 1
+    [rolled_back] = after_failure
+    assert {
+        k: rolled_back[k] for k in ("tracklets", "embeddings", "tracklet_pictures", "tracklet_boxes")
+    } == {
+        "tracklets": 0,
+        "embeddings": 0,
+        "tracklet_pictures": 0,
+        "tracklet_boxes": 0,
+    }
+    _assert_dressed_in_sql(store, scene)
+
+
+@contextmanager
+def _serving(queue: Queue, store, make: Callable[[], Matcher], stream: str, **kw) -> Iterator[None]:
+    """The matcher worker serving ``stream`` in a thread (no drain) for the duration of the block."""
+    kw = {"consumer": "matcher-1", "block_ms": 50, "retry_s": 0.05, "batch_size": 3, **WORKER_TIMING, **kw}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_matcher_worker(queue, store, make, stream=stream, stop=stop, **kw)
+        except BaseException as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive(), "the worker did not stop"
+    if errors:
+        raise errors[0]
+
+
+def _sighting_when_stored(store: Store, key: tuple[str, int, int], timeout: float = WORKER_TIMEOUT_S) -> int:
+    """Wait until tracklet ``key`` has a sighting in SQL; return its identity."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _snapshot(store).sightings.get(key)
+        if found is not None:
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail(f"tracklet {key} was not decided within {timeout:g}s")
+
+
+@pytest.mark.parametrize("how", ["polled", "refused at commit"])
+def test_a_person_forgotten_while_the_matcher_runs_is_never_matched_again(
+    queue: Queue, make_store, names, how: str
+) -> None:
+    """Another process forgets identity X while the worker runs: a later tracklet of the same person gets a
+    new identity, never X. "polled": the worker reads the retired id and drops it from its gallery before
+    deciding (no rebuild); "refused at commit": it does not look (a long poll interval), assigns X, the store
+    refuses it and the worker decides again from SQL (one rebuild), acknowledging nothing in between."""
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = _scene(seed=47)
+    builds = 0
+
+    def make() -> Matcher:
+        nonlocal builds
+        builds += 1
+        return _restore(store)
+
+    poll = 0.05 if how == "polled" else 1e9
+    with _serving(queue, store, make, stream, retired_poll_s=poll):
+        _publish(queue, stream, scene)
+        x = _sighting_when_stored(store, scene[3].key)  # person 1 in camera B
+        assert x == _sighting_when_stored(store, scene[0].key) == 1
+        with store.session() as s:
+            report = repo.forget_identity(s, x)
+            s.commit()
+        assert len(report.tracklet_ids) == 2
+        time.sleep(0.3)  # several poll intervals
+        later = _embedding("C", 77, 400.0, scene[0].embedding)  # person 1 again, as alike as can be
+        _publish(queue, stream, [later])
+        got = _sighting_when_stored(store, later.key)
+    assert got != x and got == 4, "a new identity after the largest ever used (3)"
+    assert builds == (1 if how == "polled" else 2)
+    snap = _snapshot(store)
+    assert sorted(i.identity_id for i in snap.identities) == [2, 3, 4]
+    assert queue.pending_count(stream, "matcher") == 0 and queue.dead_letters(stream) == []
+    with store.session(readonly=True) as s:
+        assert repo.is_retired(s, x) and repo.timeline(s, x) == []
+
+
+def test_retention_prunes_by_footage_time_and_the_gallery_forgets_the_pruned(
+    queue: Queue, make_store, names
+) -> None:
+    """retention.days 1: when the decisions reach footage three days later, the old scene is deleted; the
+    person seen again keeps their identity (with only the new sighting), the others are retired, and one of
+    them coming back later gets a new identity."""
+    store, _ = make_store()
+    stream = names("embeddings")
+    scene = [
+        _dressed(e, i) for i, e in enumerate(_scene(seed=53))
+    ]  # people 1..3 in A then B, at T0 + 0..60 s
+    people = [e.embedding for e in scene[:3]]
+    back = [
+        _dressed(_embedding("C", 70, 3 * DAY, people[0]), 70),  # person 1, three days later
+        _dressed(_embedding("D", 71, 3 * DAY + 100, people[0]), 71),  # person 1 again
+        _dressed(_embedding("D", 72, 3 * DAY + 200, people[1]), 72),  # person 2, whose identity was pruned
+    ]
+    _publish(queue, stream, [*scene, *back])
+    assigned = _run_matcher(
+        queue, store, _restoring(store), stream, batch_size=1, retention_days=1.0, prune_every_s=600.0
+    )
+    assert assigned == len(scene) + len(back)
+    snap = _snapshot(store)
+    assert sorted(snap.sightings) == sorted(e.key for e in back), "the old scene was deleted"
+    assert [snap.sightings[e.key][0] for e in back] == [1, 1, 4]
+    assert snap.counts["tracklet_pictures"] == 3 * len(back) and snap.counts["tracklet_boxes"] == len(back)
+    assert snap.counts["embeddings"] == len(back)
+    with store.session(readonly=True) as s:
+        assert [repo.is_retired(s, i) for i in (1, 2, 3, 4)] == [False, True, True, False]
+        assert repo.max_identity_id(s) == 4
+
+
+def test_retention_needs_a_positive_period(queue: Queue, make_store, names) -> None:
+    store, _ = make_store()
+    with pytest.raises(ValueError, match="prune_every_s"):
+        _run_matcher(queue, store, _restoring(store), names("embeddings"), retention_days=1.0, timeout=5)

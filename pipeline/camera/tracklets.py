@@ -35,6 +35,15 @@ Per track id the builder keeps one open *piece*:
   is only cropped and resized when it will be kept, so the cost per frame is O(1) amortised. Numbering the
   *usable* frames rather than all seen frames avoids aliasing: with a detector that runs on every other
   frame, a stride over all frames would land on the unmatched ones only.
+- **Per-frame boxes.** Every seen frame also records the tracker's box (``Tracks.boxes``, the tracker's own
+  estimate, not the detection), clipped to the frame, as float32 xyxy: the tracklet carries them as
+  ``track_frames`` (F,) int64, strictly increasing within ``[first_frame, last_frame]`` and ``F ==
+  num_frames``, and ``track_boxes`` (F, 4), what the store keeps to draw and export tracks. Unlike the crops
+  these grow with the piece length: 8 + 16 bytes per seen frame, and a piece is cut after ``max_length``
+  seen frames, so each open piece holds (allocated when it opens) ``24 * max_length`` bytes (7.2 kB at the
+  default 300) and memory stays bounded by that times the number of open tracks. A non-finite tracker box
+  is recorded as the track's previous box (an empty box at the origin on its first frame), so every seen
+  frame keeps its row.
 - **Closing.** A piece closes when its track has been absent from ``Tracks`` for more than ``max_gap``
   consecutive frames (reason ``"gap"``; frame indices count, so frames the source skipped count as absent),
   when it has been seen in ``max_length`` frames (reason ``"max_length"``: the track continues in the next
@@ -120,6 +129,9 @@ class _Piece:
     end_time: float
     sampler: _StrideSampler
     num_frames: int = 0
+    # every seen frame and the tracker's clipped box in it: the first num_frames rows (max_length rows)
+    frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 @dataclass
@@ -238,7 +250,7 @@ class TrackletBuilder:
                 piece = None
             if piece is None:
                 piece = self._open_piece(tid, f, ts)
-            self._observe(piece, frame, detections, int(tracks.det_indices[i]))
+            self._observe(piece, frame, detections, int(tracks.det_indices[i]), tracks.boxes[i])
             if piece.num_frames >= self.max_length:
                 closed.append((self._close(tid, f), "max_length"))
         present = {int(t) for t in ids}
@@ -296,6 +308,9 @@ class TrackletBuilder:
     def _open_piece(self, tid: int, f: int, ts: float) -> _Piece:
         chunk = self._retired.pop(tid)[0] if tid in self._retired else 0
         piece = _Piece(tid, chunk, f, ts, f, ts, _StrideSampler(self.max_crops))
+        # a piece closes when seen in max_length frames: its per-frame rows never outgrow these
+        piece.frames = np.empty(self.max_length, np.int64)
+        piece.boxes = np.empty((self.max_length, 4), np.float32)
         self._open[tid] = piece
         self._stats.opened += 1
         return piece
@@ -306,8 +321,13 @@ class TrackletBuilder:
         self._retired.move_to_end(tid)
         return piece
 
-    def _observe(self, piece: _Piece, frame: Frame, detections: Detections, det_index: int) -> None:
+    def _observe(
+        self, piece: _Piece, frame: Frame, detections: Detections, det_index: int, track_box: np.ndarray
+    ) -> None:
         f, ts = int(frame.frame_index), float(frame.timestamp)
+        n = piece.num_frames
+        piece.frames[n] = f
+        piece.boxes[n] = self._clip(frame, track_box, piece.boxes[n - 1] if n else None)
         piece.num_frames += 1
         piece.last_frame = f
         piece.end_time = max(piece.end_time, ts)  # a live clock may step back; keep the span ordered
@@ -325,6 +345,15 @@ class TrackletBuilder:
             return _Crop(f, ts, box, score, np.ascontiguousarray(image))
 
         piece.sampler.offer(make)
+
+    @staticmethod
+    def _clip(frame: Frame, box: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+        """The tracker's box clipped to the frame, (4,) float32 xyxy; a non-finite one repeats ``previous``."""
+        b = np.asarray(box, dtype=np.float32)
+        if not np.isfinite(b).all():
+            return previous if previous is not None else np.zeros(4, np.float32)
+        w, h = np.float32(frame.width), np.float32(frame.height)
+        return np.clip(b, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
 
     def _check(
         self, frame: Frame, detections: Detections, det_index: int
@@ -377,6 +406,8 @@ class TrackletBuilder:
                 boxes=np.stack([c.box for c in crops]),
                 scores=np.array([c.score for c in crops], np.float32),
                 crops=np.stack([c.image for c in crops]),
+                track_frames=piece.frames[: piece.num_frames].copy(),
+                track_boxes=piece.boxes[: piece.num_frames].copy(),
             )
             reasons[t.key] = reason
             out.append(t)

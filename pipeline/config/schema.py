@@ -50,6 +50,7 @@ __all__ = [
     "QueueConfig",
     "ReIDConfig",
     "ReplayConfig",
+    "RetentionConfig",
     "TopologyConfig",
     "TopologyLink",
     "TrackerConfig",
@@ -433,6 +434,22 @@ class DBConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
+class RetentionConfig(Section):
+    """How long the store keeps people. ``days``: tracklets (with their embeddings, pictures, boxes and
+    sightings) that ended more than this many days before the latest footage time the matcher has decided
+    are deleted, and identities left without a sighting are deleted and their ids retired
+    (docs/schema.md, "Forgetting a person, and retention"); ``None`` keeps everything forever. The running
+    matcher prunes when it starts and then every ``prune_every_s`` seconds of footage time."""
+
+    days: float | None = None
+    prune_every_s: float = 600.0
+
+    def _check(self) -> None:
+        check_min(self, "days", 0, strict=True)
+        check_min(self, "prune_every_s", 0, strict=True)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PipelineConfig(Section):
     """The whole ``cams.yaml``. ``cameras`` is required (at least one, unique ids); every other section has
     defaults. Camera ids named in ``topology`` must exist in ``cameras``."""
@@ -448,6 +465,7 @@ class PipelineConfig(Section):
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     db: DBConfig = field(default_factory=DBConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:

@@ -48,6 +48,12 @@ class _Buffer:
         """The filled part, a view (valid until the next append)."""
         return self._a[: self.n]
 
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep only the filled rows where ``mask`` (n,) bool holds, in order (in place)."""
+        kept = self._a[: self.n][mask]
+        self._a[: kept.shape[0]] = kept
+        self.n = int(kept.shape[0])
+
 
 @dataclass(frozen=True)
 class SavedTracklet:
@@ -98,7 +104,8 @@ class Gallery:
     """Global identities: prototype embeddings, sighting history, and the track -> identity map.
 
     - **Ids** are integers handed out by this instance from ``next_id`` (default 1; a restarting matcher
-      passes the largest stored id + 1, or uses :meth:`restore`). They only grow; identities are never removed.
+      passes the largest stored id + 1, or uses :meth:`restore`). They only grow: :meth:`drop` removes an
+      identity (forgotten or pruned) but never lowers ``next_id``, so its id is not handed out again.
     - **Prototypes**: at most ``max_prototypes`` unit vectors per identity (no default here: the composition
       root passes ``matcher.max_prototypes`` of the config schema, which holds it), each with a count of the
       embeddings merged into it. A new embedding is appended while there is room. When full, the closest pair
@@ -151,6 +158,7 @@ class Gallery:
         self._tokens: list[list[int]] = []
         self._tracks: OrderedDict[tuple[str, int], TrackEntry] = OrderedDict()
         self._next_token = 0
+        self._latest_end: float | None = None
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -182,6 +190,12 @@ class Gallery:
     def sightings(self, identity_id: int) -> list[Span]:
         """The identity's remembered sightings, by start time. KeyError if unknown."""
         return sorted(self._spans[self._slot(identity_id)], key=lambda s: (s.start, s.end, s.camera_id))
+
+    @property
+    def latest_end(self) -> float | None:
+        """The latest sighting end (POSIX s) ever added, dropped identities included: how far in footage
+        time the decisions have come (``None`` while nothing was added)."""
+        return self._latest_end
 
     def track_identity(self, camera_id: str, track_id: int) -> int | None:
         """The identity the latest run of this track was assigned to, if remembered."""
@@ -220,6 +234,43 @@ class Gallery:
         """Add an embedding (prototype update) and a sighting to an existing identity. KeyError if unknown."""
         slot = self._slot(identity_id)
         self._add(slot, _unit(embedding, "embedding", self._dim), Span(camera_id, start, end), -1)
+
+    def drop(self, identity_ids: Iterable[int]) -> list[int]:
+        """Remove identities (a forgotten or pruned person) so that nothing is matched to them again: their
+        prototypes, sightings and every remembered track run that led to them (the next chunk of such a track
+        is matched by appearance, like a new track). Unknown ids are ignored (dropping is idempotent).
+        ``next_id`` is unchanged, so a dropped id is never handed out again. Returns the ids dropped, sorted.
+
+        O(size of the gallery): the layers are compacted, keeping every invariant (slots in increasing id
+        order, layer 0 in slot order), so the gallery then decides exactly as one restored without them.
+        """
+        gone = sorted({int(i) for i in identity_ids if int(i) in self._slot_of})
+        if not gone:
+            return []
+        n = self._ids.n
+        keep_slot = np.ones(n, bool)
+        keep_slot[[self._slot_of[i] for i in gone]] = False
+        new_slot = np.cumsum(keep_slot) - 1  # old slot -> new slot (meaningful where kept)
+        for r, layer in enumerate(self._layers):
+            owners = self._layer_slots[r].data
+            mask = keep_slot[owners]
+            layer.keep(mask)
+            self._layer_counts[r].keep(mask)
+            self._layer_slots[r].keep(mask)
+            self._layer_slots[r].data[:] = new_slot[self._layer_slots[r].data]
+        kept = np.flatnonzero(keep_slot)
+        self._ids.keep(keep_slot)
+        self._slot_of = {int(self._ids.data[s]): s for s in range(self._ids.n)}
+        self._spans = [self._spans[s] for s in kept]
+        self._tokens = [self._tokens[s] for s in kept]
+        self._slot_rows = [[] for _ in kept]
+        for r in range(len(self._layers)):  # rows of a layer are in order, so each slot's list grows by layer
+            for row, slot in enumerate(self._layer_slots[r].data.tolist()):
+                self._slot_rows[slot].append(row)
+        dropped = set(gone)
+        for key in [k for k, e in self._tracks.items() if e.identity_id in dropped]:
+            del self._tracks[key]
+        return gone
 
     @classmethod
     def restore(
@@ -401,6 +452,8 @@ class Gallery:
             self._layer_counts[j].data[rows[j]] = 1
 
     def _add_span(self, slot: int, span: Span, token: int) -> None:
+        if self._latest_end is None or span.end > self._latest_end:
+            self._latest_end = span.end
         spans, tokens = self._spans[slot], self._tokens[slot]
         if token >= 0 and token in tokens:
             k = tokens.index(token)

@@ -13,6 +13,16 @@ The worker is the one place that converts between the store's rows and the match
 repository's ``GalleryEntry`` becomes the gallery's :class:`~pipeline.matching.gallery.SavedTracklet`, its
 ``StreamProgress`` the intake's :class:`~pipeline.matching.ordering.StreamState` and back; the pure logic
 never sees ``storage``.
+
+Forgetting and retention (docs/schema.md, "Forgetting a person, and retention"; docs/matcher.md, "Forget,
+prune and retention"): each tracklet's per-frame boxes and pictures are stored in the transaction of its
+embedding. Every ``retired_poll_s`` seconds the worker reads the identity ids retired (forgotten or pruned by
+another process) since it last looked and drops them from its gallery, so nobody is matched to them again.
+Should it assign a tracklet to an identity retired meanwhile anyway, the store refuses it
+(``IdentityRetiredError``): the transaction is rolled back, nothing acknowledged, and the gallery rebuilt
+from SQL (which no longer holds that person) decides again. With ``retention_days`` it prunes when it
+starts and every ``prune_every_s`` seconds of footage time: tracklets that ended ``retention_days`` before
+the latest end time it has decided, then rebuilds its gallery from what SQL kept.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+
+import sqlalchemy as sa
 
 from common.redact import redact_text
 from pipeline.matching.gallery import Gallery, SavedTracklet
@@ -33,10 +45,16 @@ from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
 from pipeline.transport.retry import RETRYABLE_ERRORS, is_retryable
 from pipeline.transport.wire import Envelope, decode_matcher_input
 from storage import repository as repo
+from storage.boxes import TrackBoxes
 from storage.db import Store
+from storage.models import RetiredIdentityRow
 
 log = logging.getLogger(__name__)
 
+_DAY_S = 86_400.0
+# Retired ids are read back this far before the last look: a forget that committed late, or whose clock is a
+# little behind ours, is still seen. One later than that is still refused by the store (IdentityRetiredError).
+_RETIRED_LOOKBACK_S = 300.0
 _TAKEOVER_MAX = 100_000  # messages a starting matcher takes over at once (one reclaim: reclaiming again
 # with no idle time would hand the same messages out again and count them towards max_deliveries)
 
@@ -82,6 +100,9 @@ def run_matcher_worker(
     window_s: float,
     max_wait_s: float,
     expect: tuple[str, list[str]] | None = None,
+    retention_days: float | None = None,
+    prune_every_s: float | None = None,
+    retired_poll_s: float = 5.0,
 ) -> int:
     """Serve until ``stop``, or until ``drain`` is set and the stream has no lag. Returns tracklets assigned.
 
@@ -92,12 +113,30 @@ def run_matcher_worker(
     transaction fails, SQL stays the truth: the gallery and the intake are rebuilt from it and every message
     still held is offered again (nothing is read twice from the queue, so nothing nears ``max_deliveries``).
 
+    Forgotten and pruned people: the ids retired since the last look are read every ``retired_poll_s``
+    seconds (wall clock) and dropped from the gallery; an assignment to an id retired meanwhile fails in the
+    store with ``IdentityRetiredError``, which rolls the transaction back, acknowledges nothing and rebuilds
+    the gallery and the intake from SQL. ``retention_days`` (``retention.days``; None: keep forever) prunes
+    the store at start and then every ``prune_every_s`` (``retention.prune_every_s``, required with it)
+    seconds of footage time, with the cutoff ``latest decided end time - retention_days``, then rebuilds
+    the gallery from SQL when anything was deleted.
+
     Retried, every ``retry_s``: a rebuild (``make_matcher``, the intake) or a transaction that fails with a
     connection-level error (:func:`pipeline.transport.retry.is_retryable`). Anything else, such as a
     ``TypeError`` in ``make_matcher`` or a ``ValueError`` from the matcher, propagates: the worker stops
     with it, leaving unacknowledged what it had not committed.
     """
+    if retention_days is not None and not (
+        retention_days > 0 and prune_every_s is not None and prune_every_s > 0
+    ):
+        raise ValueError(
+            f"retention_days {retention_days!r} needs retention_days > 0 and prune_every_s > 0, got "
+            f"prune_every_s {prune_every_s!r}"
+        )
     queue.ensure_group(stream, group)
+    retired_seen = time.time()  # retired ids read up to this wall-clock time (minus the lookback)
+    retired_polled = time.monotonic()
+    pruned_at: float | None = None  # footage time of the last prune; None: prune as soon as there is one
     held: dict[str, Message] = {}  # every message read and not yet acknowledged, in arrival order
     matcher: Matcher | None = None
     intake: OrderedIntake | None = None
@@ -106,8 +145,10 @@ def run_matcher_worker(
     while not (stop is not None and stop.is_set()):
         if matcher is None or intake is None:
             try:
+                rebuilt_at = time.time()
                 matcher = make_matcher()
                 intake = _restore_intake(store, window_s=window_s, max_wait_s=max_wait_s)
+                retired_seen, retired_polled = rebuilt_at, time.monotonic()  # SQL had them dropped already
             except RETRYABLE_ERRORS as exc:
                 if not is_retryable(exc):
                     raise
@@ -135,12 +176,39 @@ def run_matcher_worker(
                 held[m.id] = m
                 _offer(queue, intake, m, decode, stream, group, held)
         release = intake.release()
-        if not release:
+        footage = matcher.gallery.latest_end
+        prune_due = (
+            retention_days is not None
+            and footage is not None
+            and (pruned_at is None or footage - pruned_at >= prune_every_s)  # type: ignore[operator]
+        )
+        poll_due = time.monotonic() - retired_polled >= retired_poll_s
+        if not release and not prune_due:
             if not msgs and drain is not None and drain.is_set() and queue.lag(stream, group) == 0:
                 break
-            continue
+            if not poll_due:
+                continue
         try:
-            assigned += _commit(store, matcher, release, window_s=window_s)
+            if poll_due:
+                polled_at = time.time()
+                dropped = _drop_retired(store, matcher, since=retired_seen - _RETIRED_LOOKBACK_S)
+                retired_seen, retired_polled = polled_at, time.monotonic()
+                if dropped:
+                    log.info("dropped retired identities %s from the gallery", dropped)
+            if prune_due:
+                assert footage is not None and retention_days is not None
+                deleted = _prune(store, cutoff=footage - retention_days * _DAY_S)
+                pruned_at = footage
+                if deleted:  # the gallery still holds what SQL no longer does: decide from SQL again
+                    matcher = intake = None
+                    continue
+            if release:
+                assigned += _commit(store, matcher, release, window_s=window_s)
+        except repo.IdentityRetiredError as exc:
+            # forgotten or pruned by another process after our last look: that transaction rolled back
+            log.warning("%s; rebuilding the gallery from SQL and deciding the batch again", exc)
+            matcher = intake = None
+            continue
         except RETRYABLE_ERRORS as exc:
             if not is_retryable(exc):
                 raise
@@ -154,6 +222,8 @@ def run_matcher_worker(
             store.dispose()
             matcher = intake = None  # their state may be ahead of SQL: never decide with it again
             continue
+        if not release:
+            continue
         queue.ack(stream, group, release.ack)  # only after the commit
         for msg_id in release.ack:
             held.pop(msg_id, None)
@@ -165,6 +235,34 @@ def run_matcher_worker(
             intake.skipped,
         )
     return assigned
+
+
+def _drop_retired(store: Store, matcher: Matcher, *, since: float) -> list[int]:
+    """Drop from ``matcher``'s gallery the identities retired (forgotten or pruned) at or after ``since``
+    (POSIX s, wall clock); returns those it held. One query on ``retired_identities``."""
+    retired = RetiredIdentityRow.__table__
+    with store.session(readonly=True) as s:
+        ids = s.execute(
+            sa.select(retired.c.identity_id).where(retired.c.retired_at >= datetime.fromtimestamp(since, UTC))
+        ).scalars()
+        return matcher.gallery.drop(int(i) for i in ids)
+
+
+def _prune(store: Store, *, cutoff: float) -> bool:
+    """Retention: delete what ended before ``cutoff`` (POSIX s, footage time), in its own transaction.
+    Returns whether anything was deleted."""
+    with store.session() as s:
+        report = repo.prune_before(s, cutoff)
+        s.commit()
+    if report.tracklet_ids or report.identity_ids:
+        log.info(
+            "retention: deleted %d tracklet(s) that ended before %s and %d identit(ies) left without any",
+            len(report.tracklet_ids),
+            report.cutoff.isoformat(),
+            len(report.identity_ids),
+        )
+        return True
+    return False
 
 
 def _restore_intake(store: Store, *, window_s: float, max_wait_s: float) -> OrderedIntake:
@@ -227,6 +325,18 @@ def _commit(store: Store, matcher: Matcher, release: Release, *, window_s: float
                 repo.add_embedding(
                     s, tid, model=e.model, vector=e.embedding, part_visibility=e.part_visibility
                 )
+                # in the embedding's transaction: a crash never leaves pictures or boxes without it
+                if len(e.track_frames):
+                    repo.add_boxes(s, tid, TrackBoxes(e.track_frames, e.track_boxes))
+                if e.pictures:
+                    repo.add_pictures(
+                        s,
+                        tid,
+                        (
+                            repo.Picture(p.kind, p.rank, p.frame_index, p.width, p.height, p.jpeg)
+                            for p in e.pictures
+                        ),
+                    )
                 if repo.sighting_of(s, tid) is not None:
                     continue  # redelivered: already decided, change nothing
                 fresh.append((tid, e))
