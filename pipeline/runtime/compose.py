@@ -300,6 +300,8 @@ def matcher_process(
         make,
         stream=wiring.embedding_stream,
         group=cfg.matcher.group,
+        retention_days=cfg.retention.days,
+        prune_every_s=cfg.retention.prune_every_s,
         consumer=consumer,
         stop=stop,
         drain=drain,
