@@ -5,6 +5,9 @@
     python run_pipeline.py --cameras cams.yaml --until tracklets --out DIR  # camera stage only
     python run_pipeline.py worker camera|reid|matcher --cameras cams.yaml   # one role, for several machines
     python run_pipeline.py query identities|timeline --db URL ...           # ask the store
+    python run_pipeline.py query export --db URL --format mot --out DIR     # MOT files with global ids
+    python run_pipeline.py forget --db URL --identity ID                    # delete a person for good
+    python run_pipeline.py prune --db URL --days N                          # retention
 
 It loads and validates the config, builds the detector, trackers, re-ID encoder, queue and store, and
 passes them to the stages. Bad input ends with a one-line ``error: ...`` on stderr and exit code 2.
@@ -141,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     from storage.db import StoreError
 
     try:
+        if argv[:1] in (["forget"], ["prune"]) or argv[:2] == ["query", "export"]:
+            from pipeline.tools import manage
+
+            rest = argv[2:] if argv[0] == "query" else argv[1:]
+            command = "export" if argv[0] == "query" else argv[0]
+            return manage.run(
+                manage.parser("run_pipeline.py").parse_args([command, *rest]), prog="run_pipeline.py"
+            )
         if argv and argv[0] == "query":
             from pipeline.tools.query import run_query
 

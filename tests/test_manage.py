@@ -323,3 +323,41 @@ def test_forget_and_export_functions_on_postgresql(store, tmp_path: Path) -> Non
     files = export_mot(store, tmp_path)
     assert [(f.camera_id, f.path.name) for f in files] == [("A", "A.txt"), ("B", "B.txt"), ("C", "C.txt")]
     assert sorted({int(i) for f in files for i in read_mot(f.path)[:, 1]}) == [1, 3]
+
+
+# ----------------------------------------------------------------------------------------------------
+# the same through run_pipeline.py (the documented command lines)
+
+
+def run_pipeline(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "run_pipeline.py", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_run_pipeline_forget_prune_and_query_export_are_these_tools(db, tmp_path: Path) -> None:
+    url, ids = db
+    out = tmp_path / "mot"
+    exported = run_pipeline("query", "export", "--db", url, "--format", "mot", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in _export_with_module(url, tmp_path / "module")
+    )
+    forgot = run_pipeline("forget", "--db", url, "--identity", "1")
+    assert forgot.returncode == 0 and "forgot identity 1" in forgot.stdout, forgot.stderr
+    store = open_store(url)
+    assert leftovers(store, [ids[n] for n in _of(1)], [1]) == {}
+    store.dispose()
+    unknown = run_pipeline("forget", "--db", url, "--identity", "999")
+    assert unknown.returncode == 2 and _one_line(unknown.stderr).startswith("run_pipeline.py forget: error:")
+    pruned = run_pipeline("prune", "--db", url, "--before", "2100-01-01T00:00:00Z")
+    assert pruned.returncode == 0, pruned.stderr
+    store = open_store(url)
+    assert table_counts(store)["tracklets"] == 0
+    store.dispose()
+
+
+def _export_with_module(url: str, out: Path) -> list[Path]:
+    done = manage("export", "--db", url, "--format", "mot", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return list(out.iterdir())
