@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.camera.tracklets import REJECT_REASONS, TrackletBuilder
+from pipeline.camera.tracklets import REJECT_REASONS, TrackletBuilder, covered_fraction
 from pipeline.config import ConfigError, TrackletConfig
 from pipeline.transport.messages import Detections, Frame, Tracks
 
@@ -17,7 +17,10 @@ EMPTY = (Detections.empty(), Tracks.empty())
 
 
 def make_builder(*, roi=None, **settings) -> TrackletBuilder:
-    """A builder for ``CAM`` with the schema's defaults but ``settings`` (``tracklets:`` keys, validated)."""
+    """A builder for ``CAM`` with the schema's defaults but ``settings`` (``tracklets:`` keys, validated).
+    The synthetic scenes here put several people on the same box, so the occlusion filter is off unless a test
+    sets ``max_overlap`` (it has tests of its own)."""
+    settings.setdefault("max_overlap", 1.0)
     return TrackletBuilder.from_config(CAM, TrackletConfig(**settings), roi=roi)
 
 
@@ -408,3 +411,33 @@ def test_track_boxes_of_a_one_frame_piece():
     b.update(frame(0), *_tracked(9, (1.0, 2.0, 3.0, 4.0)))
     (t,) = b.flush()
     assert t.track_frames.tolist() == [0] and t.track_boxes.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# crops that show two people
+
+
+@pytest.mark.parametrize(
+    ("boxes", "expected"),
+    [
+        ([[0, 0, 10, 20]], 0.0),  # alone
+        ([[0, 0, 10, 20], [20, 0, 30, 20]], 0.0),  # apart
+        ([[0, 0, 10, 20], [5, 0, 15, 20]], 0.5),  # half of its width behind another
+        ([[0, 0, 10, 20], [5, 0, 15, 20], [0, 10, 10, 20]], 0.5),  # the most one other box covers
+        ([[2, 2, 8, 18], [0, 0, 10, 20]], 1.0),  # wholly inside a bigger one
+        ([[0, 0, 0, 20], [0, 0, 10, 20]], 0.0),  # zero area
+    ],
+)
+def test_covered_fraction(boxes, expected):
+    assert covered_fraction(np.array(boxes, np.float32), 0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("max_overlap", "rejected"), [(0.4, 1), (0.5, 0), (1.0, 0)])
+def test_a_box_mostly_covered_by_another_detection_gives_no_crop(max_overlap, rejected):
+    b = make_builder(max_overlap=max_overlap)
+    frame = Frame(CAM, 0, 0.0, np.zeros((200, 200, 3), np.uint8))
+    boxes = np.array([[50, 20, 90, 120], [70, 20, 110, 120]], np.float32)  # each covers half of the other
+    dets = Detections(boxes, np.array([0.9, 0.9], np.float32), np.zeros(2, np.int64))
+    tracks = Tracks(np.array([1]), boxes[:1].astype(np.float64), np.array([0.9]), np.array([0]))
+    b.update(frame, dets, tracks)
+    assert b.stats["crops_rejected"]["occluded"] == rejected

@@ -19,6 +19,8 @@ Per track id the builder keeps one open *piece*:
   ``low_conf``   the detection score is below ``min_conf``;
   ``small``      the box clipped to the frame is lower than ``min_box_height`` or narrower than
                  ``min_box_width``;
+  ``occluded``   more than ``max_overlap`` of the detected box's area is covered by another detection of the
+                 same frame (the crop would show two people; 1.0 disables the filter);
   ``border``     the box comes within ``border_margin`` pixels of the frame border (x1 < m, y1 < m,
                  x2 > W - m or y2 > H - m), i.e. the person is probably cut by the image edge.
 
@@ -79,10 +81,10 @@ from pipeline.transport.messages import Detections, Frame, Tracklet, Tracks
 if TYPE_CHECKING:
     from pipeline.config import TrackletConfig
 
-__all__ = ["TrackletBuilder", "CLOSE_REASONS", "REJECT_REASONS"]
+__all__ = ["TrackletBuilder", "CLOSE_REASONS", "REJECT_REASONS", "covered_fraction"]
 
 CLOSE_REASONS = ("gap", "max_length", "flush")
-REJECT_REASONS = ("unmatched", "roi", "low_conf", "small", "border")
+REJECT_REASONS = ("unmatched", "roi", "low_conf", "small", "occluded", "border")
 
 
 class _StrideSampler:
@@ -143,6 +145,19 @@ class _Stats:
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
 
 
+def covered_fraction(boxes: np.ndarray, i: int) -> float:
+    """The largest share of box ``i``'s area that one other box of ``boxes`` (N, 4) xyxy covers, in [0, 1]
+    (intersection over box ``i``'s area; 0 for a box alone or of zero area)."""
+    b = boxes[i]
+    area = float((b[2] - b[0]) * (b[3] - b[1]))
+    others = np.delete(boxes, i, axis=0)
+    if area <= 0 or len(others) == 0:
+        return 0.0
+    iw = np.clip(np.minimum(others[:, 2], b[2]) - np.maximum(others[:, 0], b[0]), 0, None)
+    ih = np.clip(np.minimum(others[:, 3], b[3]) - np.maximum(others[:, 1], b[1]), 0, None)
+    return float(np.max(iw * ih) / area)
+
+
 class TrackletBuilder:
     """Cut one camera's tracks into closed tracklets with a bounded, evenly spread sample of quality crops.
 
@@ -173,6 +188,7 @@ class TrackletBuilder:
         min_box_width: int,
         min_conf: float,
         border_margin: int,
+        max_overlap: float,
         max_crops: int,
         crop_size: tuple[int, int],
         roi: Sequence[tuple[float, float]] | None,
@@ -186,6 +202,7 @@ class TrackletBuilder:
         self.min_box_width = int(min_box_width)
         self.min_conf = float(min_conf)
         self.border_margin = int(border_margin)
+        self.max_overlap = float(max_overlap)
         self.max_crops = int(max_crops)
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.forget_after = int(forget_after)
@@ -214,6 +231,7 @@ class TrackletBuilder:
             min_box_width=section.min_box_width,
             min_conf=section.min_conf,
             border_margin=section.border_margin,
+            max_overlap=section.max_overlap,
             max_crops=section.max_crops,
             crop_size=(section.crop_height, section.crop_width),
             roi=roi,
@@ -377,6 +395,8 @@ class TrackletBuilder:
         x2, y2 = min(w, math.ceil(bx2)), min(h, math.ceil(by2))
         if y2 - y1 < self.min_box_height or x2 - x1 < self.min_box_width:
             return "small", none
+        if self.max_overlap < 1.0 and covered_fraction(detections.boxes, det_index) > self.max_overlap:
+            return "occluded", none
         m = self.border_margin
         if bx1 < m or by1 < m or bx2 > w - m or by2 > h - m:
             return "border", none

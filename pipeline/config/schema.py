@@ -217,7 +217,8 @@ class TrackletConfig(Section):
     """Tracklet building (:class:`pipeline.camera.tracklets.TrackletBuilder`). Lengths and gaps in frames,
     sizes in pixels. A track longer than ``max_length`` frames is emitted as numbered chunks; one lost for more
     than ``max_gap`` frames is closed. Boxes lower than ``min_box_height`` or narrower than ``min_box_width``,
-    below ``min_conf``, or closer than ``border_margin`` to the frame border ("cut") give no crop. At most
+    below ``min_conf``, covered more than ``max_overlap`` (a share of their area) by another detection, or closer
+    than ``border_margin`` to the frame border ("cut") give no crop. At most
     ``max_crops`` crops, spread uniformly over the tracklet, are kept and resized to ``crop_height`` x
     ``crop_width``; tracklets with fewer than ``min_length`` crops are dropped, and since a piece that outgrew
     ``max_crops`` keeps at least ``ceil(max_crops / 2)``, ``min_length`` may not exceed that. The next chunk
@@ -230,6 +231,7 @@ class TrackletConfig(Section):
     min_box_width: int = 16
     min_conf: float = 0.3
     border_margin: int = 2
+    max_overlap: float = 0.5
     max_crops: int = 32
     crop_height: int = 256
     crop_width: int = 128
@@ -243,6 +245,7 @@ class TrackletConfig(Section):
         for name in ("max_gap", "border_margin", "forget_after"):
             check_min(self, name, 0)
         check_between(self, "min_conf", 0, 1)
+        check_between(self, "max_overlap", 0, 1)
         half = math.ceil(self.max_crops / 2)
         need(
             self.min_length <= half,
