@@ -45,6 +45,19 @@ def make_tracklet(length: int) -> Tracklet:
     )
 
 
+def make_encoder(model: DRSTA, num_frames: int | None, name: str = "test") -> TrackletEncoder:
+    """An encoder on the CPU with the ``reid:`` section's picture defaults."""
+    r = ReIDConfig()
+    return TrackletEncoder(
+        model,
+        model_name=name,
+        device="cpu",
+        num_frames=num_frames,
+        picture_crops=r.picture_crops,
+        picture_quality=r.picture_quality,
+    )
+
+
 def frames_fed(encoder: TrackletEncoder, tracklet: Tracklet) -> tuple[int, np.ndarray]:
     """(frames the backbone received, embedding) for one tracklet, read with a forward hook."""
     seen: list[int] = []
@@ -63,9 +76,7 @@ def model() -> DRSTA:
 
 @pytest.mark.parametrize(("num_frames", "length"), [(1, 9), (3, 9), (OWN_N, 9), (7, 9), (6, 2), (5, 1)])
 def test_num_frames_is_the_number_of_frames_fed(model: DRSTA, num_frames: int, length: int) -> None:
-    encoder = TrackletEncoder(
-        model, model_name="test", device="cpu", num_frames=ReIDConfig(num_frames=num_frames).num_frames
-    )
+    encoder = make_encoder(model, ReIDConfig(num_frames=num_frames).num_frames)
     tracklet = make_tracklet(length)
     fed, embedding = frames_fed(encoder, tracklet)
     assert fed == num_frames
@@ -76,21 +87,21 @@ def test_num_frames_is_the_number_of_frames_fed(model: DRSTA, num_frames: int, l
 
 
 def test_left_out_it_is_the_networks_own_n(model: DRSTA) -> None:
-    encoder = TrackletEncoder(model, model_name="test", device="cpu", num_frames=ReIDConfig().num_frames)
+    encoder = make_encoder(model, ReIDConfig().num_frames)
     assert encoder.num_frames == OWN_N
     assert frames_fed(encoder, make_tracklet(10))[0] == OWN_N
 
 
 def test_changing_it_changes_the_embedding(model: DRSTA) -> None:
     tracklet = make_tracklet(12)
-    a = TrackletEncoder(model, model_name="test", device="cpu", num_frames=2).encode([tracklet])[0]
-    b = TrackletEncoder(model, model_name="test", device="cpu", num_frames=6).encode([tracklet])[0]
+    a = make_encoder(model, 2).encode([tracklet])[0]
+    b = make_encoder(model, 6).encode([tracklet])[0]
     assert not np.allclose(a.embedding, b.embedding)
 
 
 def test_a_network_with_enhancement_only_takes_its_own_n() -> None:
     enhanced = make_model(enhancement=True)
-    assert TrackletEncoder(enhanced, model_name="e", device="cpu", num_frames=OWN_N).num_frames == OWN_N
+    assert make_encoder(enhanced, OWN_N, "e").num_frames == OWN_N
     with pytest.raises(ValueError, match=r"reid\.num_frames: .*N=4 frames, got 6") as err:
-        TrackletEncoder(enhanced, model_name="e", device="cpu", num_frames=6)
+        make_encoder(enhanced, 6, "e")
     assert "\n" not in str(err.value)

@@ -303,7 +303,9 @@ class ReIDConfig(Section):
     optionally initialises the backbone. Workers read tracklets in consumer group ``group`` and send batches
     of up to ``batch_size`` tracklets when full or after ``max_wait_ms``; a tracklet another worker left
     unacknowledged for ``reclaim_idle_ms`` is taken over. Each tracklet is reduced to ``num_frames`` frames by
-    restricted random sampling (N in the paper; ``None``: the N the checkpoint's network was trained with)."""
+    restricted random sampling (N in the paper; ``None``: the N the checkpoint's network was trained with).
+    Each embedding carries the tracklet's ``picture_crops`` best crops by temporal attention and one attention
+    picture, as JPEG at ``picture_quality`` (1..100); ``picture_crops`` 0 stores no pictures."""
 
     checkpoint: str | None = field(default=None, metadata={"path": _always})
     backbone_weights: str | None = field(default=None, metadata={"path": _always})
@@ -313,6 +315,8 @@ class ReIDConfig(Section):
     reclaim_idle_ms: int = 30_000
     num_frames: int | None = None
     group: str = "reid"
+    picture_crops: int = 3
+    picture_quality: int = 85
 
     def _check(self) -> None:
         for name in ("checkpoint", "backbone_weights"):
@@ -326,6 +330,8 @@ class ReIDConfig(Section):
         check_min(self, "reclaim_idle_ms", 1)
         check_min(self, "num_frames", 1)
         _check_group(self, "group")
+        check_min(self, "picture_crops", 0)
+        check_between(self, "picture_quality", 1, 100)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)

@@ -3,8 +3,9 @@
 A worker consumes the tracklet stream in a consumer group (several workers can share it), gathers up to
 ``batch_size`` tracklets or waits at most ``max_wait_ms``, samples N crops per tracklet with the paper's
 test-time rule (first frame of each of N equal chunks, ``reid.num_frames``), runs the network once for the
-batch (on CUDA when present), publishes one embedding message per tracklet, and only then acknowledges the
-tracklets. A message it cannot decode goes to the dead-letter stream with the reason; the worker keeps going.
+batch (on CUDA when present), publishes one embedding message per tracklet (with the tracklet's per-frame
+boxes and its pictures, :mod:`pipeline.reid.pictures`), and only then acknowledges the tracklets. A message
+it cannot decode goes to the dead-letter stream with the reason; the worker keeps going.
 Every setting is a required keyword argument; the defaults and their rules are the ``reid:`` section's
 (:class:`pipeline.config.ReIDConfig`).
 """
@@ -21,6 +22,7 @@ import torch
 from models.backbones import preprocess_crops
 from models.drsta import DRSTA, Embedder
 from models.sampling import restricted_random_sample
+from pipeline.reid.pictures import tracklet_pictures
 from pipeline.transport.messages import Tracklet, TrackletEmbedding
 from pipeline.transport.queues import Message, Queue, decode_or_dead_letter
 from pipeline.transport.wire import Envelope, decode_tracklet, encode_embedding
@@ -45,10 +47,21 @@ class TrackletEncoder:
     ``num_frames`` is N, the frames sampled per tracklet (``reid.num_frames``); ``None`` takes the N the
     network was built with (``model.num_frames``). A DRSTA network with feature enhancement only runs on its
     own N: another value raises ``ValueError`` here, before any tracklet is read.
+
+    ``picture_crops`` and ``picture_quality`` (``reid.picture_crops``, ``reid.picture_quality``): each
+    embedding carries that many best crops by temporal attention and one attention picture, as JPEG of that
+    quality; 0 crops sends no pictures. Pictures are made after the forward pass and never change an embedding.
     """
 
     def __init__(
-        self, model: Embedder, *, model_name: str, device: torch.device | str, num_frames: int | None
+        self,
+        model: Embedder,
+        *,
+        model_name: str,
+        device: torch.device | str,
+        num_frames: int | None,
+        picture_crops: int,
+        picture_quality: int,
     ) -> None:
         own = int(model.num_frames)
         if (
@@ -65,22 +78,27 @@ class TrackletEncoder:
         self.device = torch.device(device)
         self.model_name = model_name
         self.num_frames = own if num_frames is None else int(num_frames)
+        self.picture_crops = int(picture_crops)
+        self.picture_quality = int(picture_quality)
 
     def encode(self, tracklets: Sequence[Tracklet]) -> list[TrackletEmbedding]:
         if not tracklets:
             return []
         n = self.num_frames
-        clips = []
+        clips, sampled = [], []
         for t in tracklets:
             if len(t) == 0:
                 raise ValueError(f"tracklet {t.key}: no crops to embed")
             idx = restricted_random_sample(len(t), n, train=False)
+            sampled.append(np.asarray(idx))
             clips.append(preprocess_crops(t.crops[idx]))  # (N, 3, 256, 128)
         x = torch.stack(clips).to(self.device)  # (B, N, 3, H, W)
         step = len(clips) if self.device.type == "cuda" else 1
         outs = [self.model.embed(x[i : i + step]) for i in range(0, len(clips), step)]
         emb = torch.cat([o.embeddings for o in outs]).float().cpu().numpy()
         temporal = torch.cat([o.temporal_attention for o in outs]).float().cpu().numpy()  # (B, N, K)
+        spatial = torch.cat([o.spatial_attention for o in outs]).float().cpu().numpy()  # (B, N, K, L)
+        grid = outs[0].grid_size
         return [
             TrackletEmbedding(
                 camera_id=t.camera_id,
@@ -96,6 +114,18 @@ class TrackletEncoder:
                 model=self.model_name,
                 boxes=t.boxes,
                 order=t.order,
+                track_frames=t.track_frames,
+                track_boxes=t.track_boxes,
+                pictures=tracklet_pictures(
+                    t.crops,
+                    t.frame_indices,
+                    sampled[i],
+                    temporal[i],
+                    spatial[i],
+                    grid,
+                    num_crops=self.picture_crops,
+                    quality=self.picture_quality,
+                ),
             )
             for i, t in enumerate(tracklets)
         ]
