@@ -364,12 +364,19 @@ def _reid_worker(**kw) -> int:
 
 @pytest.fixture(scope="module")
 def encoder():
-    shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
+    shared_path("assets/reid/openvino_person_reid/person-reidentification-retail-0277")  # the default backbone
     from models.checkpoint import load_drsta
+    from pipeline.config import ReIDConfig
     from pipeline.reid.worker import TrackletEncoder
 
+    reid = ReIDConfig()
     return TrackletEncoder(
-        load_drsta(), model_name="drsta_osnet_x0_25_pku@test", device="cpu", num_frames=None
+        load_drsta(),
+        model_name="drsta_openvino_0277_pku@test",
+        device="cpu",
+        num_frames=None,
+        picture_crops=reid.picture_crops,
+        picture_quality=reid.picture_quality,
     )
 
 

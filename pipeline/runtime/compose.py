@@ -241,7 +241,12 @@ def reid_process(
     ckpt = Path(cfg.reid.checkpoint) if cfg.reid.checkpoint else DEFAULT_CHECKPOINT
     model = load_drsta(ckpt, backbone_weights=cfg.reid.backbone_weights, device=device)
     encoder = TrackletEncoder(
-        model, model_name=model_name(ckpt), device=device, num_frames=cfg.reid.num_frames
+        model,
+        model_name=model_name(ckpt),
+        device=device,
+        num_frames=cfg.reid.num_frames,
+        picture_crops=cfg.reid.picture_crops,
+        picture_quality=cfg.reid.picture_quality,
     )
     queue = wiring.queue(cfg)
     run_reid_worker(
