@@ -33,7 +33,7 @@ def timeline_svg(sightings: list[dict]) -> str:
         if s["camera_id"] not in cameras:
             cameras.append(s["camera_id"])
     height = _TOP + _ROW * len(cameras) + 30
-    width = _LEFT + _WIDTH + 20
+    width = _LEFT + _WIDTH + 50  # room for the last tick label
 
     def x(t: datetime) -> float:
         return _LEFT + _WIDTH * (t - t0).total_seconds() / span
