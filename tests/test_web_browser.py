@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from storage import repository as repo
 from storage.db import open_store
 from tests.test_web_api import CAMERAS, REPO, T0, Built, add_person, build_store
 
@@ -43,11 +44,11 @@ def built(tmp_path_factory) -> Built:
     return build_store(tmp_path_factory.mktemp("webui") / "run.db", FIRST)
 
 
-@pytest.fixture(scope="module")
-def server(built):
+def _serve(url: str) -> tuple[subprocess.Popen, str]:
+    """The real server on a free loopback port, refreshing pages every second; returns (process, base URL)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.web", "--db", built.url, "--port", str(port), "--refresh", "1"],
+        [sys.executable, "-m", "pipeline.web", "--db", url, "--port", str(port), "--refresh", "1"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,6 +62,12 @@ def server(built):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    proc, base = _serve(built.url)
     yield base
     proc.terminate()
     proc.wait(timeout=10)
@@ -168,3 +175,63 @@ def test_a_page_open_during_a_run_shows_new_identities(server, browser, built):
         store.dispose()
     WebDriverWait(browser, 15).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.identity")) == 4)
     assert browser.find_element(By.CSS_SELECTOR, f"tr[data-identity='{built.identities[LATER]}']")
+
+
+def _rows(browser) -> int:
+    return len(browser.find_elements(By.CSS_SELECTOR, "tr.identity"))
+
+
+@pytest.mark.slow
+def test_pages_follow_a_real_run_as_it_writes(browser, tmp_path):
+    """run_pipeline.py on the demo footage writes while the identities page is open: the page shows new
+    identities without being navigated, then every identity of the run; the timeline of one is drawn."""
+    from tests.test_pipeline_e2e import demo_config
+
+    db = tmp_path / "live.db"
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "run_pipeline.py",
+            "--cameras",
+            demo_config(tmp_path),
+            "--db",
+            f"sqlite:///{db}",
+            "--max-frames",
+            "120",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = None
+    try:
+        deadline = time.monotonic() + 120
+        while not db.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the run did not create its store"
+            time.sleep(0.5)
+        server, base = _serve(f"sqlite:///{db}")
+        browser.get(base + "/identities")
+        before = _rows(browser)
+        WebDriverWait(browser, 300, poll_frequency=0.5).until(lambda d: _rows(d) > before)
+        grew_during_run = run.poll() is None
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+        store = open_store(f"sqlite:///{db}")
+        with store.session(readonly=True) as s:
+            final = len(repo.list_identities(s))
+        store.dispose()
+        WebDriverWait(browser, 15).until(lambda d: _rows(d) == final)
+        assert grew_during_run, "the page only changed after the run ended"
+        browser.get(base + "/identities/1")
+        assert browser.find_elements(By.CSS_SELECTOR, "svg.timeline rect.sighting")
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.wait(timeout=30)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)

@@ -25,6 +25,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from common.redact import redact_text, redact_url, url_secrets
 from pipeline.web import data
@@ -238,7 +239,9 @@ def create_app(
         summary="Closest identities to an uploaded crop, embedded with the run's model",
     )
     async def api_search_crop(crop: Crop, s: DB) -> dict:
-        return _search_crop(s, await crop.read())
+        return await run_in_threadpool(
+            _search_crop, s, await crop.read()
+        )  # the model runs off the event loop
 
     @app.get("/metrics", tags=["api"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics(s: DB) -> PlainTextResponse:
@@ -321,7 +324,9 @@ def create_app(
     async def search_upload(request: Request, crop: Crop, s: DB) -> HTMLResponse:
         result, error = None, None
         try:
-            result = _search_crop(s, await crop.read())
+            result = await run_in_threadpool(
+                _search_crop, s, await crop.read()
+            )  # the model runs off the event loop
         except HTTPException as e:
             error = e.detail
         return page(request, "search.html", result=result, error=error, model=run_model(s), live=False)
