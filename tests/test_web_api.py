@@ -28,6 +28,9 @@ from pipeline.web.search import CropEmbedder
 from storage import repository as repo
 from storage.db import open_store
 from tests.conftest import shared_path
+from tests.test_storage import target
+
+FIXTURES = (target,)  # the store on SQLite and PostgreSQL, from tests/test_storage.py
 
 T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
 PERSONS = ("007", "052", "011", "023")
@@ -112,9 +115,10 @@ def add_person(session, embedder: CropEmbedder, built: Built, person: str, index
     built.identities[person] = index + 1
 
 
-def build_store(path: Path, persons=PERSONS, *, t0: float = T0) -> Built:
-    url = f"sqlite:///{path}"
-    store = open_store(url)
+def build_store(path: Path | str, persons=PERSONS, *, t0: float = T0, schema: str | None = None) -> Built:
+    """A store at ``path`` (a SQLite file) or at URL ``path`` (in ``schema``) with ``persons`` in two cameras."""
+    url = path if isinstance(path, str) else f"sqlite:///{path}"
+    store = open_store(url, schema=schema)
     embedder = CropEmbedder()
     built = Built(url, embedder.default_name(), {}, {}, {})
     try:
@@ -472,3 +476,27 @@ def test_a_missing_database_is_one_line_without_the_password(tmp_path):
     proc = _start(["--db", f"sqlite:///{tmp_path / 'none.db'}?password=pw-xyz", "--port", str(_free_port())])
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 2 and out.startswith("error: no database at") and "pw-xyz" not in out
+
+
+def test_the_api_on_each_database(target):
+    """The queries behind the pages on SQLite and on PostgreSQL (the production store)."""
+    built = build_store(target.url, PERSONS[:2], schema=target.schema)
+    store = open_store(target.url, schema=target.schema)
+    try:
+        with TestClient(create_app(store, db_url=target.url, embedder=built.embedder)) as c:
+            rows = c.get("/api/identities", params={"camera": "cam01", "since": T0 + 61}).json()
+            assert [r["identity_id"] for r in rows] == [2]
+            assert c.get(rows[0]["thumbnail"]).content[:3] == b"\xff\xd8\xff"
+            sightings = c.get("/api/identities/2").json()["sightings"]
+            assert [s["similarity"] is None for s in sightings] == [True, False]
+            seen = c.get("/api/cameras/cam02/seen", params={"since": T0, "until": T0 + 30}).json()
+            assert [r["identity_id"] for r in seen] == [1]
+            assert c.get("/api/cameras/cam02").json()["history"][0]["event"] == "reconnected"
+            assert "reid_identities 2" in c.get("/metrics").text
+            crop = built.crops[("052", "cam01")][3]
+            got = c.post("/api/search", files={"crop": ("c.jpg", _jpeg(crop), "image/jpeg")}).json()
+            assert got["results"][0]["identity_id"] == 2
+            for url in ("/identities", "/identities/1", "/cameras", "/cameras/cam01"):
+                assert c.get(url).status_code == 200
+    finally:
+        store.dispose()
