@@ -184,6 +184,7 @@ def test_identities_list_everyone_with_cameras_times_and_thumbnail(client, built
         ({"since": T0 + 61, "until": T0 + 70}, [2]),  # inside person 2's cam01 tracklet
         ({"since": "2026-05-28T20:27:41Z", "until": "2026-05-28T20:28:50"}, [2, 3]),  # ISO, naive = UTC
         ({"since": T0 + 1e6}, []),
+        ({"limit": 2}, [3, 4]),  # the newest last seen first
     ],
 )
 def test_identities_filter_by_camera_and_time_window(client, params, expected):
@@ -492,7 +493,10 @@ def test_the_api_on_each_database(target):
             seen = c.get("/api/cameras/cam02/seen", params={"since": T0, "until": T0 + 30}).json()
             assert [r["identity_id"] for r in seen] == [1]
             assert c.get("/api/cameras/cam02").json()["history"][0]["event"] == "reconnected"
-            assert "reid_identities 2" in c.get("/metrics").text
+            metrics = c.get("/metrics").text
+            assert "reid_identities 2" in metrics
+            rate = re.search(r"^reid_tracklets_per_second (\S+)$", metrics, re.M)
+            assert float(rate.group(1)) > 0  # the 4 tracklets were stored a moment ago
             crop = built.crops[("052", "cam01")][3]
             got = c.post("/api/search", files={"crop": ("c.jpg", _jpeg(crop), "image/jpeg")}).json()
             assert got["results"][0]["identity_id"] == 2

@@ -145,9 +145,12 @@ def create_app(
         camera: str | None = None,
         since: str | None = Query(None, description="ISO 8601 (UTC if naive) or POSIX seconds"),
         until: str | None = Query(None, description="ISO 8601 (UTC if naive) or POSIX seconds"),
+        limit: int = Query(1000, ge=1, le=100_000, description="at most this many, newest last seen first"),
     ) -> list[dict]:
         try:
-            return data.identities(s, camera=camera, since=_time(since, "since"), until=_time(until, "until"))
+            return data.identities(
+                s, camera=camera, since=_time(since, "since"), until=_time(until, "until"), limit=limit
+            )
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
@@ -258,10 +261,15 @@ def create_app(
         camera: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        limit: int = Query(500, ge=1, le=100_000),
     ) -> HTMLResponse:
         try:
             rows = data.identities(
-                s, camera=camera or None, since=_time(since, "since"), until=_time(until, "until")
+                s,
+                camera=camera or None,
+                since=_time(since, "since"),
+                until=_time(until, "until"),
+                limit=limit,
             )
             error = None
         except (ValueError, HTTPException) as e:

@@ -81,9 +81,10 @@ def identities(
     camera: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    limit: int | None = None,
 ) -> list[dict]:
     """Identities (``repository.list_identities``) seen at ``camera`` (None: any) with a sighting overlapping
-    ``[since, until]`` (None: unbounded), newest last seen first."""
+    ``[since, until]`` (None: unbounded), newest last seen first, the first ``limit`` of them (None: all)."""
     if since is not None and until is not None and since > until:
         raise ValueError(f"since {since.isoformat()} is after until {until.isoformat()}")
     rows = repo.list_identities(session)
@@ -99,6 +100,7 @@ def identities(
         keep = {int(i) for i in session.execute(q).scalars()}
         rows = [r for r in rows if r.identity_id in keep]
     rows.sort(key=lambda r: (r.last_seen, r.identity_id), reverse=True)
+    rows = rows if limit is None else rows[:limit]
     thumbs = _thumbnails(session, [r.identity_id for r in rows])
     return [
         {
