@@ -217,3 +217,22 @@ def test_draw_identities_empty_and_labels() -> None:
     assert identity_color(7) == identity_color(7) != identity_color(8)
     with pytest.raises(ValueError, match="2 boxes but 1"):
         draw_identities(image, np.zeros((2, 4)), [1])
+
+
+def test_crop_and_blur_heads_come_from_the_config(store: Store, tmp_path: Path, vtest: Path, capsys) -> None:
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(
+        f"cameras:\n  - id: cam1\n    source: {vtest}\n    crop: [0, 0, 640, 480]\nprivacy:\n  blur_heads: true\n",
+        encoding="utf-8",
+    )
+    url = f"sqlite:///{tmp_path / 'reid.db'}"
+    out = tmp_path / "cfg.mp4"
+    args = ["--db", url, "--camera", "cam1", "--out", str(out), "--cameras", str(cams), "--max-frames", "2"]
+    assert main([*args, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 frames 640x480" in printed and "heads blurred" in printed
+    assert _decode(out)[0].shape == (480, 640, 3)
+    # A camera the config does not name is a one-line error too.
+    assert main(["--db", url, "--camera", "cam2", "--out", str(out), "--cameras", str(cams)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no camera 'cam2'" in err
