@@ -42,7 +42,7 @@ from pipeline.camera.source_kind import source_kind
 from pipeline.camera.sources import SourceError, open_source
 from pipeline.privacy import blur_heads as blur_head_bands
 from storage import repository as repo
-from storage.db import Store, open_store
+from storage.db import Store, StoreError, open_store
 from storage.models import CameraRow
 
 __all__ = ["FrameBoxes", "RenderReport", "frame_boxes", "main", "parser", "render_camera", "run"]
@@ -270,7 +270,10 @@ def run(args: argparse.Namespace, prog: str = "render") -> int:
             return _fail(prog, str(err.args[0]) if isinstance(err, KeyError) else str(err))
         crop = crop if crop is not None else cam.crop
         blur = blur or cfg.privacy.blur_heads
-    store = open_store(args.db, schema=args.schema)
+    try:
+        store = open_store(args.db, schema=args.schema)
+    except StoreError as err:
+        return _fail(prog, str(err))
     try:
         report = render_camera(
             store,
