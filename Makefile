@@ -4,9 +4,10 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .PHONY: setup demo test lint
 
-# System tools: ffmpeg (ffprobe, test streams) and redis-server (the reliability tests restart a private one).
-# Installed with apt-get when missing and running as root; otherwise say what to install.
-APT_TOOLS = ffmpeg:ffmpeg redis-server:redis-server
+# System tools: ffmpeg (ffprobe, test streams), redis-server (the reliability tests restart a private one), and
+# chromium with chromium-driver (the web pages' browser tests). Installed with apt-get when missing and running as
+# root; otherwise say what to install.
+APT_TOOLS = ffmpeg:ffmpeg redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 
 setup:
 	@for pair in $(APT_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \

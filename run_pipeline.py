@@ -6,6 +6,8 @@
     python run_pipeline.py worker camera|reid|matcher --cameras cams.yaml   # one role, for several machines
     python run_pipeline.py query identities|timeline --db URL ...           # ask the store
     python run_pipeline.py query export --db URL --format mot --out DIR     # MOT files with global ids
+    python run_pipeline.py serve --db URL                                   # web pages and JSON API
+    python run_pipeline.py render --db URL --camera ID --out FILE.mp4       # video with global identities
     python run_pipeline.py forget --db URL --identity ID                    # delete a person for good
     python run_pipeline.py prune --db URL --days N                          # retention
 
@@ -144,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     from storage.db import StoreError
 
     try:
+        if argv[:1] == ["serve"]:
+            from pipeline.web.__main__ import main as serve
+
+            return serve(argv[1:], prog="run_pipeline.py serve")
+        if argv[:1] == ["render"]:
+            from pipeline.tools import render
+
+            return render.run(
+                render.parser("run_pipeline.py render").parse_args(argv[1:]), prog="run_pipeline.py render"
+            )
         if argv[:1] in (["forget"], ["prune"]) or argv[:2] == ["query", "export"]:
             from pipeline.tools import manage
 

@@ -39,7 +39,7 @@ from pipeline.config import (
     config_to_dict,
     load_config,
 )
-from pipeline.config.schema import DEFAULT_DETECTOR_WEIGHTS, RetentionConfig
+from pipeline.config.schema import DEFAULT_DETECTOR_WEIGHTS, PrivacyConfig, RetentionConfig
 from pipeline.runtime.compose import make_session_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,7 @@ SECTIONS = {
     "queue": QueueConfig,
     "db": DBConfig,
     "retention": RetentionConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -1123,3 +1124,14 @@ def test_retention_days(tmp_path: Path, days: float | None, expected: float | No
     cfg = _load(tmp_path, _with("retention.days", days))
     assert cfg.retention.days == expected and cfg.retention == RetentionConfig(days=expected)
     assert _load(tmp_path, BASE).retention == RetentionConfig(days=None, prune_every_s=600.0)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, False), (False, False), (True, True)])
+def test_privacy_blur_heads(tmp_path: Path, value: bool | None, expected: bool) -> None:
+    raw = BASE if value is None else _with("privacy.blur_heads", value)
+    assert _load(tmp_path, raw).privacy == PrivacyConfig(blur_heads=expected)
+
+
+def test_privacy_blur_heads_must_be_a_bool(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"privacy\.blur_heads"):
+        _load(tmp_path, _with("privacy.blur_heads", "yes"))

@@ -107,7 +107,9 @@ def test_tracklet_pictures_synthetic() -> None:
     temporal = np.array([[0.1, 0.1], [0.1, 0.1], [0.4, 0.4], [0.3, 0.3], [0.1, 0.1]])
     grid = (8, 4)
     spatial = one_hot_spatial(5, [(0, 0), (7, 3)], grid)
-    pics = tracklet_pictures(crops, frames, sampled, temporal, spatial, grid, num_crops=2, quality=90)
+    pics = tracklet_pictures(
+        crops, frames, sampled, temporal, spatial, grid, num_crops=2, quality=90, blur_heads=False
+    )
     assert [(p.kind, p.rank, p.frame_index) for p in pics] == [
         ("crop", 0, 16),
         ("crop", 1, 19),
@@ -117,7 +119,12 @@ def test_tracklet_pictures_synthetic() -> None:
     att = decode(pics[2])
     assert (pics[2].width, pics[2].height) == (3 * W, H)
     assert close_to(att[:, :W], crops[2])
-    assert tracklet_pictures(crops, frames, sampled, temporal, spatial, grid, num_crops=0, quality=90) == ()
+    assert (
+        tracklet_pictures(
+            crops, frames, sampled, temporal, spatial, grid, num_crops=0, quality=90, blur_heads=False
+        )
+        == ()
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,6 +152,7 @@ def test_tracklet_pictures_refuses_what_does_not_fit(change: dict, match: str) -
         "grid": (8, 4),
         "num_crops": 3,
         "quality": 85,
+        "blur_heads": False,
     } | change
     with pytest.raises(ValueError, match=match):
         tracklet_pictures(**args)
@@ -191,6 +199,7 @@ def encoder(model: DRSTA, picture_crops: int = 3, picture_quality: int = 85) -> 
         num_frames=None,
         picture_crops=picture_crops,
         picture_quality=picture_quality,
+        blur_heads=False,
     )
 
 
@@ -277,3 +286,21 @@ def test_quality_is_the_jpeg_quality(model: DRSTA, pku_root: Path) -> None:
     t = pku_tracklet(pku_root)
     low, high = (encoder(model, 1, q).encode([t])[0].pictures for q in (10, 95))
     assert [len(p.jpeg) < len(q.jpeg) for p, q in zip(low, high, strict=True)] == [True, True]
+
+
+def test_blur_heads_blurs_the_head_of_stored_pictures_only() -> None:
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8)  # noise: blurring is plain to see
+    frames, sampled = np.arange(3), np.arange(3)
+    temporal = np.array([[0.5, 0.5], [0.3, 0.3], [0.2, 0.2]])
+    grid = (8, 4)
+    spatial = np.full((3, 2, 32), 1 / 32)
+    before = crops.copy()
+    args = (crops, frames, sampled, temporal, spatial, grid)
+    plain = tracklet_pictures(*args, num_crops=1, quality=100, blur_heads=False)
+    blurred = tracklet_pictures(*args, num_crops=1, quality=100, blur_heads=True)
+    head = H // 5
+    a, b = decode(plain[0]).astype(np.float32), decode(blurred[0]).astype(np.float32)
+    assert b[:head].var() < 0.2 * a[:head].var()  # the head band lost its detail
+    assert np.abs(a[head + 8 :] - b[head + 8 :]).mean() < 2.0  # the rest is the same picture (JPEG aside)
+    assert np.array_equal(crops, before)  # the caller's crops (what the embedding sees) are untouched

@@ -737,3 +737,73 @@ def test_undecodable_payload_goes_to_dead_letters_with_the_wire_reason(
     [dead] = q.dead_letters(s)
     assert dead.reason == "WireError: expected a msgpack map, got list" and dead.payload == m.payload
     assert q.lag(s, g) == 0
+
+
+# ---------------------------------------------------------------------------------------- ack and delete
+
+
+@pytest.mark.parametrize(("published", "deleted"), [(0, 0), (1, 1), (5, 0), (5, 2), (5, 5)])
+def test_ack_delete_removes_the_entries_from_stream_and_pending(
+    make_queue: Callable[..., Queue], names, published: int, deleted: int
+) -> None:
+    q = make_queue()
+    s, g = names("s"), names("g")
+    q.ensure_group(s, g)
+    q.publish(s, b"poison")
+    [bad] = q.consume(s, g, "c", block_ms=100)
+    q.dead_letter(s, g, bad, "undecodable")
+    payloads = _payloads(published)
+    for p in payloads:
+        q.publish(s, p)
+    got = q.consume(s, g, "c", count=100, block_ms=0)
+
+    assert q.ack(s, g, [m.id for m in got[:deleted]], delete=True) == deleted
+
+    # The dead-lettered entry was only acknowledged, so it stays in the stream (MAXLEN trims it).
+    assert q.length(s) == 1 + published - deleted
+    assert q.pending_count(s, g) == published - deleted
+    assert q.lag(s, g) == published - deleted
+    # What is left pending is exactly what was not deleted, and it can still be taken over.
+    left = q.reclaim(s, g, "c2", min_idle_ms=0, count=100)
+    assert [m.payload for m in left] == payloads[deleted:]
+    assert q.consume(s, g, "c", count=100, block_ms=0) == []
+    # Acknowledging (and deleting) again is a no-op; dead letters are untouched.
+    assert q.ack(s, g, [m.id for m in got[:deleted]], delete=True) == 0
+    [dead] = q.dead_letters(s)
+    assert (dead.original_id, dead.payload) == (bad.id, b"poison")
+    assert q.length(dead_letter_stream(s)) == 1
+
+
+def test_ack_delete_entries_are_gone_from_the_redis_stream(names) -> None:
+    client = _redis_or_skip()
+    q = RedisQueue(REDIS_URL, retry_for_s=5.0, **QUEUE)
+    s, g = names("s"), names("g")
+    q.ensure_group(s, g)
+    ids = [q.publish(s, p) for p in _payloads(3)]
+    q.consume(s, g, "c", count=3, block_ms=100)
+
+    assert q.ack(s, g, ids[:2], delete=True) == 2
+
+    assert client.xlen(s) == 1
+    assert [i.decode() for i, _ in client.xrange(s)] == ids[2:]
+    assert [r["message_id"].decode() for r in client.xpending_range(s, g, "-", "+", 10)] == ids[2:]
+    q.close()
+    client.close()
+
+
+def test_plain_ack_keeps_the_entries(make_queue: Callable[..., Queue], names) -> None:
+    q = make_queue()
+    s, g = names("s"), names("g")
+    q.ensure_group(s, g)
+    for p in _payloads(3):
+        q.publish(s, p)
+    got = q.consume(s, g, "c", count=3, block_ms=0)
+
+    assert q.ack(s, g, [m.id for m in got]) == 3
+    assert q.length(s) == 3 and q.pending_count(s, g) == 0
+
+
+def test_ack_delete_rejects_a_non_bool(make_queue: Callable[..., Queue], names) -> None:
+    q = make_queue()
+    with pytest.raises(ValueError, match="delete"):
+        q.ack(names("s"), names("g"), ["1-0"], delete="yes")  # type: ignore[arg-type]

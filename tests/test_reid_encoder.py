@@ -55,6 +55,7 @@ def make_encoder(model: DRSTA, num_frames: int | None, name: str = "test") -> Tr
         num_frames=num_frames,
         picture_crops=r.picture_crops,
         picture_quality=r.picture_quality,
+        blur_heads=False,
     )
 
 

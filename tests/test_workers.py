@@ -377,6 +377,7 @@ def encoder():
         num_frames=None,
         picture_crops=reid.picture_crops,
         picture_quality=reid.picture_quality,
+        blur_heads=False,
     )
 
 

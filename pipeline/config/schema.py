@@ -47,6 +47,7 @@ __all__ = [
     "LiveConfig",
     "MatcherConfig",
     "PipelineConfig",
+    "PrivacyConfig",
     "QueueConfig",
     "ReIDConfig",
     "ReplayConfig",
@@ -459,6 +460,16 @@ class RetentionConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
+class PrivacyConfig(Section):
+    """What the pipeline keeps of people's faces. ``blur_heads``: blur the head region of every stored
+    person crop and of rendered video (``run_pipeline.py render``), a heuristic on the person box (its top
+    fifth, full width; see :mod:`pipeline.privacy`) that needs no face detector and may miss a bent or
+    partly hidden head. Off by default. Embeddings are computed from the unblurred crops either way."""
+
+    blur_heads: bool = False
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
 class PipelineConfig(Section):
     """The whole ``cams.yaml``. ``cameras`` is required (at least one, unique ids); every other section has
     defaults. Camera ids named in ``topology`` must exist in ``cameras``."""
@@ -475,6 +486,7 @@ class PipelineConfig(Section):
     queue: QueueConfig = field(default_factory=QueueConfig)
     db: DBConfig = field(default_factory=DBConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:

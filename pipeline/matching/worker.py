@@ -224,7 +224,9 @@ def run_matcher_worker(
             continue
         if not release:
             continue
-        queue.ack(stream, group, release.ack)  # only after the commit
+        # Only after the commit. Delete the entries too (they carry pictures): matcher.group is the only
+        # consumer group of the embedding stream.
+        queue.ack(stream, group, release.ack, delete=True)
         for msg_id in release.ack:
             held.pop(msg_id, None)
     if intake is not None and (intake.late or intake.skipped):

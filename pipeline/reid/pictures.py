@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from models.plots import overlay_heatmap
+from pipeline.privacy import blur_crop_head
 from pipeline.transport.messages import TrackletPicture
 
 __all__ = ["attention_strip", "best_crops", "tracklet_pictures"]
@@ -80,6 +81,7 @@ def tracklet_pictures(
     *,
     num_crops: int,
     quality: int,
+    blur_heads: bool,
 ) -> tuple[TrackletPicture, ...]:
     """The tracklet's crop pictures and its attention picture, as JPEG.
 
@@ -87,7 +89,9 @@ def tracklet_pictures(
     crop indices fed to the network; ``temporal`` (N, K) and ``spatial`` (N, K, L) its attention for this
     tracklet, with ``grid`` = (h, w), L = h * w, row-major. Returns the ``'crop'`` pictures (ranks 0.. by
     :func:`best_crops`, each H x W) then one ``'attention'`` picture (rank 0, H x (1 + K) * W) of the best
-    frame; ``num_crops`` 0 returns ``()``. ``quality`` is the JPEG quality, 1..100. Raises ``ValueError``
+    frame; ``num_crops`` 0 returns ``()``. ``quality`` is the JPEG quality, 1..100. ``blur_heads``
+    (``privacy.blur_heads``) blurs the head region of every stored picture (:func:`pipeline.privacy.blur_crop_head`);
+    the embedding never sees the blurred crops. Raises ``ValueError``
     naming the argument whose shape or value does not fit.
     """
     if not 1 <= quality <= 100:
@@ -110,6 +114,9 @@ def tracklet_pictures(
     if spatial.shape != (n, k, h * w):
         raise ValueError(f"spatial: expected shape ({n}, {k}, {h}*{w}) for grid {grid}, got {spatial.shape}")
     height, width = crops.shape[1:3]
+    if blur_heads:  # only the crops that become pictures
+        chosen = {crop for _, crop in picked}
+        crops = np.stack([blur_crop_head(c) if i in chosen else c for i, c in enumerate(crops)])
     pictures = [
         TrackletPicture(
             kind="crop",

@@ -62,6 +62,7 @@ class TrackletEncoder:
         num_frames: int | None,
         picture_crops: int,
         picture_quality: int,
+        blur_heads: bool,
     ) -> None:
         own = int(model.num_frames)
         if (
@@ -80,6 +81,7 @@ class TrackletEncoder:
         self.num_frames = own if num_frames is None else int(num_frames)
         self.picture_crops = int(picture_crops)
         self.picture_quality = int(picture_quality)
+        self.blur_heads = bool(blur_heads)
 
     def encode(self, tracklets: Sequence[Tracklet]) -> list[TrackletEmbedding]:
         if not tracklets:
@@ -125,6 +127,7 @@ class TrackletEncoder:
                     grid,
                     num_crops=self.picture_crops,
                     quality=self.picture_quality,
+                    blur_heads=self.blur_heads,
                 ),
             )
             for i, t in enumerate(tracklets)
@@ -211,5 +214,7 @@ def _handle(
     embeddings = encoder.encode([envelope.message for _, envelope in decoded])
     for (_, envelope), e in zip(decoded, embeddings, strict=True):
         queue.publish(stream_out, encode_embedding(e, session=envelope.session))
-    queue.ack(stream_in, group, [m.id for m, _ in decoded])  # only after the results are published
+    # Only after the results are published. The entries carry JPEG crops: delete them now rather than when
+    # MAXLEN trims them (safe: reid.group is the only consumer group of the tracklet stream).
+    queue.ack(stream_in, group, [m.id for m, _ in decoded], delete=True)
     return len(decoded)

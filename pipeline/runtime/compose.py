@@ -247,6 +247,7 @@ def reid_process(
         num_frames=cfg.reid.num_frames,
         picture_crops=cfg.reid.picture_crops,
         picture_quality=cfg.reid.picture_quality,
+        blur_heads=cfg.privacy.blur_heads,
     )
     queue = wiring.queue(cfg)
     run_reid_worker(

@@ -7,6 +7,8 @@ remembering it as *pending* for that consumer until it is acknowledged. Delivery
 1. every consumer calls :meth:`Queue.ensure_group` first (idempotent);
 2. :meth:`Queue.consume` hands out new entries (``deliveries == 1``);
 3. the consumer commits its result (SQL, or a downstream :meth:`Queue.publish`) **then** :meth:`Queue.ack`;
+   ``ack(..., delete=True)`` also removes the entries from the stream at once (Redis ``XACK`` + ``XDEL`` in
+   one ``MULTI``), for a stream with a single consumer group whose entries are large (JPEG crops);
 4. entries of a crashed consumer stay pending; any consumer takes them over with :meth:`Queue.reclaim` once
    they have been idle ``min_idle_ms`` (``deliveries`` grows by one per hand-out). An entry handed out more
    than ``max_deliveries`` times is a poison message: ``reclaim`` moves it to the dead-letter stream

@@ -93,8 +93,14 @@ class Queue(Protocol):
         """
         ...
 
-    def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """Acknowledge ``ids`` for ``group``; return how many were pending. Unknown ids are ignored."""
+    def ack(self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False) -> int:
+        """Acknowledge ``ids`` for ``group``; return how many were pending. Unknown ids are ignored.
+
+        With ``delete=True`` the entries are also removed from ``stream`` in the same atomic step (Redis:
+        ``XACK`` + ``XDEL`` in one ``MULTI``), so large payloads (JPEG crops) do not wait for ``maxlen`` to
+        trim them. Only for a stream read by this one consumer group: another group loses the entries too
+        (its pending copies are dropped as trimmed). The dead-letter stream is not touched.
+        """
         ...
 
     def reclaim(

@@ -189,16 +189,33 @@ class _Broker:
                     return []
                 s.arrived.wait(remaining)
 
-    def ack(self, stream: str, group: str, ids: list[tuple[int, int]]) -> int:
+    def ack(self, stream: str, group: str, ids: list[tuple[int, int]], delete: bool = False) -> int:
         with self._lock:
             s = self._streams.get(stream)
             g = None if s is None else s.groups.get(group)
             if s is None or g is None:
-                return 0  # as XACK: nothing pending there
+                # As XACK: nothing pending there. As XDEL, a missing group does not stop the delete.
+                if s is not None and delete:
+                    self._delete(s, ids)
+                return 0
             done = sum(g.pending.pop(i, None) is not None for i in ids)
-            if done:
+            if delete:
+                self._delete(s, ids)
+            elif done:
                 self._trim(s)
             return done
+
+    @staticmethod
+    def _delete(s: _Stream, ids: list[tuple[int, int]]) -> None:
+        """XDEL: remove ``ids`` from the stream; other groups' pending copies go too (Redis 7's XAUTOCLAIM
+        drops deleted entries from a pending list the same way)."""
+        gone = {i for i in ids if s.entries.pop(i, None) is not None}
+        if not gone:
+            return
+        s.ids = [i for i in s.ids if i not in gone]
+        for other in s.groups.values():
+            for i in gone:
+                other.pending.pop(i, None)
 
     def reclaim(
         self,
@@ -408,11 +425,13 @@ class LocalQueue:
         )
         return [Message(i, stream, payload, n) for i, payload, n in rows]
 
-    def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+    def ack(self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False) -> int:
         parsed = [parse_id(i) for i in ids]
+        if not isinstance(delete, bool):
+            raise ValueError(f"delete: expected a bool, got {delete!r}")
         if not parsed:
             return 0
-        return self._call("ack", check_name("stream", stream), check_name("group", group), parsed)
+        return self._call("ack", check_name("stream", stream), check_name("group", group), parsed, delete)
 
     def reclaim(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 10

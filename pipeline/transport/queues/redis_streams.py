@@ -207,13 +207,27 @@ class RedisQueue:
                 out.append(msg)
         return out
 
-    def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+    def ack(self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False) -> int:
         check_name("stream", stream)
         check_name("group", group)
+        if not isinstance(delete, bool):
+            raise ValueError(f"delete: expected a bool, got {delete!r}")
         ids = [format_id(parse_id(i)) for i in ids]
         if not ids:
             return 0
-        return int(self._run(f"ack {stream}/{group}", lambda: self._client.xack(stream, group, *ids)))
+        if not delete:
+            return int(self._run(f"ack {stream}/{group}", lambda: self._client.xack(stream, group, *ids)))
+
+        def ack_delete() -> list[Any]:
+            # One MULTI: no reader sees an entry acknowledged but still there, or gone but still pending.
+            # Retried whole after a lost reply: XACK and XDEL of done ids are no-ops.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xack(stream, group, *ids)
+            pipe.xdel(stream, *ids)
+            return pipe.execute()
+
+        acked, _ = self._run(f"ack+delete {stream}/{group}", ack_delete)
+        return int(acked)
 
     def reclaim(
         self, stream: str, group: str, consumer: str, *, min_idle_ms: int, count: int = 10
