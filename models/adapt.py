@@ -311,7 +311,7 @@ def read_run(
 ) -> list[RunTracklet]:
     """The tracklets of a finished run's ``--out DIR``, re-cropped from the footage.
 
-    sources: camera id -> video file the run read (frame i of the file is the run's frame index i).
+    sources: camera id -> video file or image folder the run read (its frame i is the run's frame index i).
     Per chunk, up to ``max_crops`` of the track's boxes inside [first_frame, last_frame] are cut, evenly
     spaced. Chunks without a box in the footage are skipped. Raises FileNotFoundError for a missing file.
     """
@@ -339,22 +339,15 @@ def read_run(
             ]:
                 wanted[int(r[0]) - 1].append((ci, r[2:6]))
         crops: dict[int, list[np.ndarray]] = defaultdict(list)
-        cap = cv2.VideoCapture(str(sources[cam]))
-        if not cap.isOpened():
-            raise FileNotFoundError(f"{sources[cam]}: cannot open the footage of camera {cam!r}")
         last = max(wanted, default=-1)
-        f = 0
-        while f <= last:
-            ok, frame = cap.read()
-            if not ok:
+        for f, frame in enumerate(_frames(sources[cam], cam)):
+            if f > last:
                 break
             for ci, (x, y, w, h) in wanted.get(f, []):
                 x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
                 x1, y1 = min(frame.shape[1], int(round(x + w))), min(frame.shape[0], int(round(y + h)))
                 if x1 > x0 and y1 > y0:
                     crops[ci].append(frame[y0:y1, x0:x1].copy())
-            f += 1
-        cap.release()
         for ci, c in enumerate(chunks):
             if crops.get(ci):
                 result.append(
@@ -369,6 +362,32 @@ def read_run(
                     )
                 )
     return result
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _frames(source: str | Path, camera: str):
+    """BGR frames of a video file, or of an image folder's images in name order (as the run read them)."""
+    path = Path(source)
+    if path.is_dir():
+        for p in sorted(q for q in path.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES):
+            frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise FileNotFoundError(f"{p}: unreadable image of camera {camera!r}")
+            yield frame
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FileNotFoundError(f"{path}: cannot open the footage of camera {camera!r}")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
 
 
 def sources_of(cams_yaml: str | Path) -> dict[str, str]:

@@ -165,13 +165,17 @@ def test_nothing_to_adapt_on_without_co_occurrence():
         adapt_head(torch.nn.Identity(), lone, AdaptConfig(steps=1))  # refuses before touching the model
 
 
-def test_read_run_recrops_the_footage(tmp_path):
+@pytest.mark.parametrize("kind", ["video", "image folder"])
+def test_read_run_recrops_the_footage(tmp_path, kind):
     """Two tracks of a 12-frame clip, at the same time: read back from MOT rows + tracklets.jsonl."""
     root = shared_path("data/pku-reid")
     person = {1: read_image_bgr(str(root / "001/01_1.png")), 2: read_image_bgr(str(root / "003/01_1.png"))}
     h, w = person[1].shape[:2]
-    video = tmp_path / "cam.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    video = tmp_path / ("cam.avi" if kind == "video" else "frames")
+    if kind == "video":
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    else:
+        video.mkdir()
     rows = []
     for f in range(12):
         frame = np.full((240, 320, 3), 90, np.uint8)
@@ -180,8 +184,12 @@ def test_read_run_recrops_the_footage(tmp_path):
                 continue  # track 2 appears at frame 4
             frame[50 : 50 + h, x : x + w] = person[tid]
             rows.append(f"{f + 1},{tid},{x},50,{w},{h},0.9,-1,-1,-1")
-        writer.write(frame)
-    writer.release()
+        if kind == "video":
+            writer.write(frame)
+        else:
+            cv2.imwrite(str(video / f"{f + 1:06d}.png"), frame)
+    if kind == "video":
+        writer.release()
     out = tmp_path / "out"
     out.mkdir()
     (out / "cam.txt").write_text("\n".join(rows) + "\n")
@@ -195,9 +203,11 @@ def test_read_run_recrops_the_footage(tmp_path):
     ts = read_run(out, sources_of(tmp_path / "cams.yaml"), max_crops=5)
     assert [(t.track_id, len(t.crops)) for t in ts] == [(1, 5), (2, 5)]
     assert all(c.shape == (h, w, 3) for t in ts for c in t.crops)
-    # the crop is the pasted person (MJPG is lossy): closer to its own picture than to the other one
+    # the crop is the pasted person (MJPG is lossy; PNG exact): closer to its own picture than to the other one
     err = lambda a, b: np.abs(a.astype(float) - b.astype(float)).mean()  # noqa: E731
     assert err(ts[0].crops[0], person[1]) < err(ts[0].crops[0], person[2])
+    if kind == "image folder":
+        assert np.array_equal(ts[1].crops[0], person[2])
     assert len(co_occurring_tracks(ts)) == 1
     with pytest.raises(KeyError, match="no footage source"):
         read_run(out, {}, max_crops=5)
