@@ -391,9 +391,17 @@ def _frames(source: str | Path, camera: str):
 
 
 def sources_of(cams_yaml: str | Path) -> dict[str, str]:
-    """camera id -> source, from a run's cams.yaml (``cameras: [{id, source, ...}]``)."""
-    raw = yaml.safe_load(Path(cams_yaml).read_text()) or {}
-    return {str(c["id"]): str(c["source"]) for c in raw.get("cameras", [])}
+    """camera id -> source, from a run's cams.yaml (``cameras: [{id, source, ...}]``); relative paths are
+    resolved against the file's folder, as the pipeline resolves them."""
+    cams_yaml = Path(cams_yaml)
+    raw = yaml.safe_load(cams_yaml.read_text()) or {}
+    out = {}
+    for c in raw.get("cameras", []):
+        src = str(c["source"])
+        if "://" not in src and not src.isdigit() and not Path(src).is_absolute():
+            src = str(cams_yaml.parent / src)
+        out[str(c["id"])] = src
+    return out
 
 
 def write_adapted(

@@ -198,7 +198,9 @@ def test_read_run_recrops_the_footage(tmp_path, kind):
         {"camera": "cam", "track_id": 2, "chunk": 0, "first_frame": 4, "last_frame": 11},
     ]
     (out / "cam_tracklets.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chunks))
-    (tmp_path / "cams.yaml").write_text(f"cameras:\n  - {{id: cam, source: {video}}}\n")
+    # a relative source is relative to the cams file's folder, as the pipeline reads it
+    source = video if kind == "video" else video.name
+    (tmp_path / "cams.yaml").write_text(f"cameras:\n  - {{id: cam, source: {source}}}\n")
 
     ts = read_run(out, sources_of(tmp_path / "cams.yaml"), max_crops=5)
     assert [(t.track_id, len(t.crops)) for t in ts] == [(1, 5), (2, 5)]
