@@ -60,6 +60,7 @@ from models.checkpoint import (
 from models.drsta import DRSTA
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
+from pipeline.camera.tracklets import covered_fraction
 
 
 @dataclass(frozen=True)
@@ -306,14 +307,34 @@ def adapt_head(model: DRSTA, tracklets: list[RunTracklet], cfg: AdaptConfig) -> 
     return model.eval(), summary
 
 
+def _unoccluded(rows: np.ndarray, max_overlap: float) -> np.ndarray:
+    """(N,) bool: MOT rows whose box is covered at most ``max_overlap`` by another box of the same frame
+    (the pipeline's own crop rule, ``covered_fraction``: such a crop would show two people)."""
+    keep = np.ones(len(rows), dtype=bool)
+    if max_overlap >= 1.0:
+        return keep
+    for f in np.unique(rows[:, 0]):
+        idx = np.flatnonzero(rows[:, 0] == f)
+        xyxy = np.concatenate([rows[idx, 2:4], rows[idx, 2:4] + rows[idx, 4:6]], axis=1)
+        for k, i in enumerate(idx):
+            keep[i] = covered_fraction(xyxy, k) <= max_overlap
+    return keep
+
+
 def read_run(
-    out_dir: str | Path, sources: dict[str, str], *, cameras: list[str] | None = None, max_crops: int = 8
+    out_dir: str | Path,
+    sources: dict[str, str],
+    *,
+    max_overlap: float,
+    cameras: list[str] | None = None,
+    max_crops: int = 8,
 ) -> list[RunTracklet]:
     """The tracklets of a finished run's ``--out DIR``, re-cropped from the footage.
 
     sources: camera id -> video file or image folder the run read (its frame i is the run's frame index i).
     Per chunk, up to ``max_crops`` of the track's boxes inside [first_frame, last_frame] are cut, evenly
-    spaced. Chunks without a box in the footage are skipped. Raises FileNotFoundError for a missing file.
+    spaced, leaving out boxes covered more than ``max_overlap`` by another tracked box of the frame (the run's
+    ``tracklets.max_overlap``; the MOT rows hold the tracked boxes, not every detection). Chunks without a box in the footage are skipped. Raises FileNotFoundError for a missing file.
     """
     out_dir = Path(out_dir)
     cams = cameras or sorted(p.name[: -len("_tracklets.jsonl")] for p in out_dir.glob("*_tracklets.jsonl"))
@@ -328,6 +349,7 @@ def read_run(
             raise KeyError(f"camera {cam!r}: no footage source given (known: {sorted(sources)})")
         chunks = [json.loads(line) for line in jl.read_text().splitlines() if line.strip()]
         rows = np.loadtxt(mot, delimiter=",", ndmin=2) if mot.stat().st_size else np.zeros((0, 6))
+        rows = rows[_unoccluded(rows, max_overlap)]
         wanted: dict[int, list[tuple[int, int, np.ndarray]]] = defaultdict(list)  # frame -> (chunk #, box)
         for ci, c in enumerate(chunks):
             sel = rows[(rows[:, 1] == c["track_id"]) & (rows[:, 0] - 1 >= c["first_frame"])]
@@ -438,12 +460,20 @@ _FLAGS = tuple(AdaptConfig.__dataclass_fields__)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.config.schema import TrackletConfig  # the pipeline's default, written once there
+
     ap = argparse.ArgumentParser(prog="python -m models.adapt", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="the finished run's --out folder")
     ap.add_argument("--cams", required=True, help="the run's cams.yaml (footage sources)")
     ap.add_argument("--cameras", nargs="+", help="adapt on these cameras only (default: all in the run)")
     ap.add_argument("--checkpoint", help="head to start from (default: the project's default checkpoint)")
     ap.add_argument("--out", required=True, help="the new checkpoint (.pt); never the input")
+    ap.add_argument(
+        "--max-overlap",
+        type=float,
+        default=TrackletConfig.__dataclass_fields__["max_overlap"].default,
+        help="skip boxes covered more than this by another (the pipeline's tracklets.max_overlap)",
+    )
     for f in _FLAGS:
         default = AdaptConfig.__dataclass_fields__[f].default
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
@@ -452,7 +482,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AdaptConfig(**{f: getattr(args, f) for f in _FLAGS})
     src = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
     try:
-        tracklets = read_run(args.run, sources_of(args.cams), cameras=args.cameras, max_crops=cfg.max_crops)
+        tracklets = read_run(
+            args.run,
+            sources_of(args.cams),
+            max_overlap=args.max_overlap,
+            cameras=args.cameras,
+            max_crops=cfg.max_crops,
+        )
         model = load_drsta(src)
         model, summary = adapt_head(model, tracklets, cfg)
         summary["cameras"] = sorted({t.camera for t in tracklets})

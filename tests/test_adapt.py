@@ -184,6 +184,8 @@ def test_read_run_recrops_the_footage(tmp_path, kind):
                 continue  # track 2 appears at frame 4
             frame[50 : 50 + h, x : x + w] = person[tid]
             rows.append(f"{f + 1},{tid},{x},50,{w},{h},0.9,-1,-1,-1")
+        if f >= 8:  # a third track on top of track 2: neither box gives a crop (it would show two people)
+            rows.append(f"{f + 1},3,202,52,{w},{h},0.9,-1,-1,-1")
         if kind == "video":
             writer.write(frame)
         else:
@@ -196,14 +198,16 @@ def test_read_run_recrops_the_footage(tmp_path, kind):
     chunks = [
         {"camera": "cam", "track_id": 1, "chunk": 0, "first_frame": 0, "last_frame": 11},
         {"camera": "cam", "track_id": 2, "chunk": 0, "first_frame": 4, "last_frame": 11},
+        {"camera": "cam", "track_id": 3, "chunk": 0, "first_frame": 8, "last_frame": 11},
     ]
     (out / "cam_tracklets.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chunks))
     # a relative source is relative to the cams file's folder, as the pipeline reads it
     source = video if kind == "video" else video.name
     (tmp_path / "cams.yaml").write_text(f"cameras:\n  - {{id: cam, source: {source}}}\n")
 
-    ts = read_run(out, sources_of(tmp_path / "cams.yaml"), max_crops=5)
-    assert [(t.track_id, len(t.crops)) for t in ts] == [(1, 5), (2, 5)]
+    ts = read_run(out, sources_of(tmp_path / "cams.yaml"), max_overlap=0.5, max_crops=5)
+    # track 2: frames 4-7 only (8-11 covered by track 3); track 3: nothing left, so no tracklet
+    assert [(t.track_id, len(t.crops)) for t in ts] == [(1, 5), (2, 4)]
     assert all(c.shape == (h, w, 3) for t in ts for c in t.crops)
     # the crop is the pasted person (MJPG is lossy; PNG exact): closer to its own picture than to the other one
     err = lambda a, b: np.abs(a.astype(float) - b.astype(float)).mean()  # noqa: E731
@@ -211,5 +215,7 @@ def test_read_run_recrops_the_footage(tmp_path, kind):
     if kind == "image folder":
         assert np.array_equal(ts[1].crops[0], person[2])
     assert len(co_occurring_tracks(ts)) == 1
+    unfiltered = read_run(out, sources_of(tmp_path / "cams.yaml"), max_overlap=1.0, max_crops=5)
+    assert [(t.track_id, len(t.crops)) for t in unfiltered] == [(1, 5), (2, 5), (3, 4)]
     with pytest.raises(KeyError, match="no footage source"):
-        read_run(out, {}, max_crops=5)
+        read_run(out, {}, max_overlap=0.5, max_crops=5)
