@@ -259,14 +259,15 @@ def adapt_head(model: DRSTA, tracklets: list[RunTracklet], cfg: AdaptConfig) -> 
         )
     torch.manual_seed(cfg.seed)
     maps = backbone_maps(model, [c for t in tracklets for c in t.crops])
-    before = pair_means(view_embeddings(model, maps, pairs), pairs)
+    emb_before = view_embeddings(model, maps, pairs)
+    before = pair_means(emb_before, pairs)
     params = model.head_parameters()
     start = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     n = model.num_frames
     losses = []
     grids = torch.cat([_view_grid(maps, c, n) for c in pairs.view_crops])
-    start_pos, start_neg = (_pair_cos(view_embeddings(model, maps, pairs), p) for p in (pos, neg))
+    start_pos, start_neg = _pair_cos(emb_before, pos), _pair_cos(emb_before, neg)
     for _ in range(cfg.steps):
         model.train()
         model.backbone.eval()
