@@ -433,7 +433,7 @@ def write_adapted(
     """Write the adapted head to ``out`` (never the input file): backbone reference, dtype and threshold
     of the input are kept; the threshold is copied, not recalibrated, and the metadata says so."""
     src, out = Path(source_checkpoint), Path(out)
-    if out.exists() and out.resolve() == src.resolve():
+    if out.resolve() == src.resolve():
         raise ValueError(f"--out {out}: is the input checkpoint; adaptation writes a new file")
     payload = read_checkpoint(src)
     old_meta = payload.get("meta", {})
@@ -482,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_torch()
     cfg = AdaptConfig(**{f: getattr(args, f) for f in _FLAGS})
     src = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+    if Path(args.out).resolve() == src.resolve():  # before minutes of work, not after
+        print(
+            f"error: --out {args.out}: is the input checkpoint; adaptation writes a new file", file=sys.stderr
+        )
+        return 2
     try:
         tracklets = read_run(
             args.run,
