@@ -83,7 +83,20 @@ class _Pacer:
 # ------------------------------------------------------------------------------------------ video files
 
 
-class VideoFileSource(FrameSource):
+class _RecordedSource(FrameSource):
+    """What a video file and an image folder share: a path, an optional fps override, looping."""
+
+    def _open_recorded(
+        self, camera_id: str, path: str | Path, *, fps: float | None, loop: bool, max_frames: int | None, crop
+    ) -> None:
+        FrameSource.__init__(self, camera_id, max_frames=max_frames, crop=crop)
+        if fps is not None and not fps > 0:
+            raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
+        self._path = Path(path)
+        self._loop = loop
+
+
+class VideoFileSource(_RecordedSource):
     """Frames of a video file decoded with OpenCV, timestamped ``start_time + pts`` (see module docstring).
 
     Raises :class:`SourceError` at construction when the file is missing, cannot be opened, or yields no
@@ -106,11 +119,7 @@ class VideoFileSource(FrameSource):
         loop: bool = False,
         crop: Crop | None = None,
     ) -> None:
-        super().__init__(camera_id, max_frames=max_frames, crop=crop)
-        if fps is not None and not fps > 0:
-            raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
-        self._path = Path(path)
-        self._loop = loop
+        self._open_recorded(camera_id, path, fps=fps, loop=loop, max_frames=max_frames, crop=crop)
         if not self._path.is_file():
             raise SourceError(f"camera {camera_id!r}: video file {self._path} does not exist")
         probe = probe_video(self._path)
@@ -327,7 +336,7 @@ def _seqinfo_fps(folder: Path) -> float | None:
     return None
 
 
-class ImageFolderSource(FrameSource):
+class ImageFolderSource(_RecordedSource):
     """Images of a folder (``.jpg/.jpeg/.png/.bmp``, natural name order: ``2.jpg`` before ``10.jpg``).
 
     ``fps``: the argument, else ``frameRate`` of a MOTChallenge ``seqinfo.ini`` in the parent folder, else 25.
@@ -350,11 +359,7 @@ class ImageFolderSource(FrameSource):
         loop: bool = False,
         crop: Crop | None = None,
     ) -> None:
-        super().__init__(camera_id, max_frames=max_frames, crop=crop)
-        if fps is not None and not fps > 0:
-            raise ValueError(f"camera {camera_id!r}: fps must be > 0, got {fps}")
-        self._path = Path(path)
-        self._loop = loop
+        self._open_recorded(camera_id, path, fps=fps, loop=loop, max_frames=max_frames, crop=crop)
         if not self._path.is_dir():
             raise SourceError(f"camera {camera_id!r}: image folder {self._path} does not exist")
         self._files = sorted(
