@@ -27,11 +27,6 @@ from models.drsta import DRSTA, AvgPoolReID, DRSTAConfig
 FORMAT = "drsta-checkpoint/1"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "checkpoints" / "drsta_openvino_0277_pku.pt"
-# The backbone the default checkpoint was trained on: the OSNet x0.25 MSMT17 weights in ../shared/assets.
-DEFAULT_BACKBONE_WEIGHTS = (
-    REPO_ROOT.parent / "shared" / "assets" / "reid" / "osnet_x0_25" / "osnet_x0_25_msmt17.pth"
-)
-DEFAULT_BACKBONE_SHA256 = "6f57607fed9f502b9efed546108132ee715df5a5b6e6932c6269bacb47f59f99"
 
 
 class CheckpointError(ValueError):
@@ -217,7 +212,6 @@ def resolve_device(device: str | None) -> torch.device:
 __all__ = [
     "CheckpointError",
     "DEFAULT_CHECKPOINT",
-    "DEFAULT_BACKBONE_WEIGHTS",
     "build_model_from_checkpoint",
     "checkpoint_threshold",
     "load_avgpool_baseline",

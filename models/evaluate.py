@@ -72,14 +72,20 @@ def cut_tracklets(records: list[TrackletRecord], frames: int | None) -> list[Tra
 
 
 def load_records(
-    dataset: str, root: str | Path, *, ids=None, split: int = 0, look: str = "same"
+    dataset: str,
+    root: str | Path,
+    *,
+    ids=None,
+    split: int = 0,
+    look: str = "same",
+    piece: int | None = None,
 ) -> tuple[list[TrackletRecord], list[TrackletRecord]]:
     """(query, gallery) of ``dataset`` under its protocol; the same list object twice when every tracklet is
-    queried against all others (the folder layout)."""
+    queried against all others (the folder layout). ``look`` and ``piece``: splitview only."""
     if dataset == "splitview":  # evaluation-only GT tracklets: not a training dataset, so not in DATASETS
         from models.splitview import read_splitview
 
-        records = list(read_splitview(root, look=look).query)
+        records = list(read_splitview(root, look=look, piece=piece).query)
         return records, records  # one list: every tracklet against the other camera, embedded once
     reader = get_reader(dataset)
     if dataset == "folder":
@@ -144,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--look", default="same", choices=["same", "unlike"], help="splitview: the right camera's look"
     )
+    ap.add_argument(
+        "--piece",
+        type=int,
+        help="splitview: cut each ground-truth tracklet into pieces of about this many crops (more queries)",
+    )
     ap.add_argument("--num-frames", type=int, default=6, help="N, frames the baseline samples per tracklet")
     ap.add_argument(
         "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
@@ -170,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare == "own":
                 models[f"{model.cfg.backbone} own embedding, mean-pooled"] = own_baseline_of(model, device)
         query, gallery = load_records(
-            args.dataset, args.root, ids=parse_ids(args.ids), split=args.split, look=args.look
+            args.dataset,
+            args.root,
+            ids=parse_ids(args.ids),
+            split=args.split,
+            look=args.look,
+            piece=args.piece,
         )
         results: dict[str, dict] = {}
         curves = {}

@@ -56,15 +56,24 @@ def read_splitview(
     video: Path | str | None = None,
     every: int = 3,
     cache_dir: Path | str = DEFAULT_CACHE,
+    piece: int | None = None,
 ) -> VideoReIDSplit:
     """Every GT tracklet of both cameras: query = gallery = all of them (evaluate every tracklet against the
     other camera). pid = ``person``, camid 0 = left, 1 = right, tracklet_id ``"<camera>/<mot15_id>"``.
 
+    ``piece``: cut every tracklet into consecutive pieces of about ``piece`` crops (``round(len / piece)``
+    pieces of near-equal length, at least one), tracklet_id ``"<camera>/<mot15_id>#<k>"``, as the pipeline
+    publishes a long track in chunks. Many more queries than whole tracklets (a query's other pieces in its own
+    camera are discarded by the protocol: same person, same camera), so differences of a query or two between
+    models can be told from noise.
+
     video: ``vtest.avi`` (default ``<root>/../vtest/vtest.avi``). Raises FileNotFoundError for a missing GT
-    file or video, ValueError for an unknown ``look``.
+    file or video, ValueError for an unknown ``look`` or a ``piece`` below 1.
     """
     if look not in LOOKS:
         raise ValueError(f"look: expected one of {LOOKS}, got {look!r}")
+    if piece is not None and piece < 1:
+        raise ValueError(f"piece: expected >= 1 crops, got {piece}")
     root = Path(root)
     video = Path(video) if video is not None else root.parent / "vtest" / "vtest.avi"
     gts = {cam: _read_gt(root / f"gt_{cam}.txt") for cam in CAMERAS}
@@ -89,14 +98,16 @@ def read_splitview(
         tracks = sorted({(row[6], row[1]) for f in wanted for c, row in wanted[f] if c == cam})
         for mot_id, person in tracks:
             frames = sorted(f for (c, m, f) in paths if c == cam and m == mot_id)
-            records.append(
-                TrackletRecord(
-                    paths=tuple(str(paths[(cam, mot_id, f)]) for f in frames),
-                    pid=person,
-                    camid=camid,
-                    tracklet_id=f"{cam}/{mot_id}",
+            crops = [str(paths[(cam, mot_id, f)]) for f in frames]
+            if piece is None:
+                records.append(TrackletRecord(tuple(crops), person, camid, f"{cam}/{mot_id}"))
+                continue
+            for k, part in enumerate(
+                np.array_split(np.arange(len(crops)), max(1, round(len(crops) / piece)))
+            ):
+                records.append(
+                    TrackletRecord(tuple(crops[i] for i in part), person, camid, f"{cam}/{mot_id}#{k}")
                 )
-            )
     return VideoReIDSplit(train=[], query=list(records), gallery=list(records))
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from models.backbones import build_backbone, preprocess_crops
 from models.calibrate import calibrate_threshold, cross_camera_pairs
+from models.camera_looks import look_for, occlusion_for
 from models.checkpoint import REPO_ROOT, resolve_device, save_checkpoint
 from models.datasets import PKSampler, TrackletRecord, read_folder, read_image_bgr, split_ids
 from models.drsta import DRSTA, DRSTAConfig
@@ -71,6 +72,9 @@ class HeadTrainConfig:
     oim_momentum: float = 0.5
     reg_weight: float = 0.1  # diversity term Q (Eq. 9)
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
+    looks: int = 0  # random camera looks cached per training-pool tracklet (models.camera_looks); 0: none
+    look_prob: float = 0.5  # chance a training tracklet is seen through one of its looks
+    occlusion_prob: float = 0.0  # chance each training frame is partly covered by another person; 0: none
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
     head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
@@ -96,40 +100,99 @@ class HeadTrainConfig:
         return cls(**raw)
 
 
+FLIP = 1  # variant index of the mirror image in a FeatureBank
+LOOK0 = 2  # variant index of a tracklet's first camera look (models.camera_looks)
+
+
+def occluded_variant(variant: int, looks: int) -> int:
+    """Bank index of the occluded copy of ``variant`` (0 or a look; the mirror image has none)."""
+    if variant == FLIP:
+        raise ValueError("the mirror image has no occluded copy")
+    return LOOK0 + looks + (0 if variant == 0 else 1 + variant - LOOK0)
+
+
 @dataclass
 class FeatureBank:
-    """Cached backbone outputs: per image path, maps (2, D, h, w) float16 and own embeddings (2, E); index 1
-    is the mirror image (zeros where not computed)."""
+    """Cached backbone outputs: per image path, maps (V, D, h, w) float16 and own embeddings (V, E). Variant
+    0 is the image, ``FLIP`` its mirror image, ``LOOK0 + j`` the image through its tracklet's j-th camera
+    look (zeros where not computed)."""
 
     index: dict[str, int]
     grids: torch.Tensor
     embs: torch.Tensor
 
-    def take(self, paths: list[str], flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(self, paths: list[str], variant: int | list[int] = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (F, D, h, w) and own embeddings (F, E) of ``paths``, each seen through ``variant`` (one for
+        all, or one per path)."""
         i = [self.index[p] for p in paths]
-        return self.grids[i, int(flip)].float(), self.embs[i, int(flip)]
+        v = variant if isinstance(variant, list) else [variant] * len(i)
+        return self.grids[i, v].float(), self.embs[i, v]
 
 
 def build_bank(
-    backbone, paths: list[str], flip_paths: set[str], cache_file: Path, batch: int = 32
+    backbone,
+    paths: list[str],
+    flip_paths: set[str],
+    cache_file: Path,
+    batch: int = 32,
+    look_keys: dict[str, str] | None = None,
+    looks: int = 0,
+    seed: int = 0,
+    occlude: bool = False,
 ) -> FeatureBank:
-    """Load ``cache_file`` if it holds exactly these paths, else compute (progress bar) and save it."""
+    """Load ``cache_file`` if it holds exactly these paths, else compute (progress bar) and save it.
+
+    ``look_keys`` maps a path to its tracklet's key; those paths also get ``looks`` camera looks, the j-th
+    drawn by ``look_for(key, j, seed)`` (one draw per tracklet, as one camera). With ``occlude`` they also get
+    an occluded copy of the image and of every look (``occluded_variant``): a band of another identity's
+    image over one side (``occlusion_for``), before the look, as the occluder stands before the same camera.
+    Put ``looks``, ``seed`` and ``occlude`` in the cache file's name: the file records paths only.
+    """
+    look_keys = look_keys or {}
+    n_var = (LOOK0 + looks) * (2 if occlude else 1) - (1 if occlude else 0)  # no occluded mirror image
     if cache_file.is_file():
         data = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if data.get("paths") == paths:
+        if data.get("paths") == paths and data["grids"].shape[1] == n_var:
             return FeatureBank({p: i for i, p in enumerate(paths)}, data["grids"], data["embs"])
+    owner = {p: k.split("/")[0] for p, k in look_keys.items()}  # identity of each looked path
+    pool = sorted(look_keys)
     grids, embs = [], []
     with torch.no_grad():
         for i in tqdm(range(0, len(paths), batch), desc="caching backbone features", unit="batch"):
             chunk = paths[i : i + batch]
-            x = preprocess_crops([read_image_bgr(p) for p in chunk], size=backbone.input_size)
+            images = [read_image_bgr(p) for p in chunk]
+            x = preprocess_crops(images, size=backbone.input_size)
             g0, e0 = backbone.features_and_embedding(x)
+            gs, es = [g0], [e0]
             flip = torch.tensor([p in flip_paths for p in chunk])
             g1, e1 = torch.zeros_like(g0), torch.zeros_like(e0)
             if flip.any():
                 g1[flip], e1[flip] = backbone.features_and_embedding(x[flip].flip(-1))
-            grids.append(torch.stack([g0, g1], 1).half())
-            embs.append(torch.stack([e0, e1], 1).float())
+            gs.append(g1)
+            es.append(e1)
+            have = [k for k, p in enumerate(chunk) if p in look_keys]
+            sources = [images]
+            if occlude:
+                occluded = list(images)
+                for k in have:
+                    others = [q for q in pool if owner[q] != owner[chunk[k]]]
+                    occ, other = occlusion_for(chunk[k], seed, others)
+                    occluded[k] = occ.apply(images[k], read_image_bgr(other))
+                sources.append(occluded)
+            for src_i, src in enumerate(sources):
+                for j in range(-1 if src_i else 0, looks):  # j = -1: the occluded image without a look
+                    gj, ej = torch.zeros_like(g0), torch.zeros_like(e0)
+                    if have:
+                        seen = [
+                            src[k] if j < 0 else look_for(look_keys[chunk[k]], j, seed).apply(src[k])
+                            for k in have
+                        ]
+                        xj = preprocess_crops(seen, size=backbone.input_size)
+                        gj[have], ej[have] = backbone.features_and_embedding(xj)
+                    gs.append(gj)
+                    es.append(ej)
+            grids.append(torch.stack(gs, 1).half())
+            embs.append(torch.stack(es, 1).float())
     bank = FeatureBank({p: i for i, p in enumerate(paths)}, torch.cat(grids), torch.cat(embs))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
@@ -148,27 +211,42 @@ def cut(record: TrackletRecord, frames: int, train: bool, rng: np.random.Generat
 
 
 def head_embeddings(
-    model: DRSTA, bank: FeatureBank, records: list[TrackletRecord], frames: int, device
+    model: DRSTA,
+    bank: FeatureBank,
+    records: list[TrackletRecord],
+    frames: int,
+    device,
+    variants: dict[str, int] | None = None,
 ) -> np.ndarray:
-    """Test-time embeddings from cached maps, tracklets cut to ``frames`` then sampled to the model's N."""
+    """Test-time embeddings from cached maps, tracklets cut to ``frames`` then sampled to the model's N;
+    ``variants`` maps a tracklet id to the bank variant it is seen through (default 0, the image)."""
     n = model.num_frames
+    variants = variants or {}
     model.eval()
     out = []
     with torch.no_grad():
         for r in records:
             kept = cut(r, frames, False, None)
             paths = [kept[i] for i in restricted_random_sample(len(kept), n, train=False)]
-            grids, _ = bank.take(paths)
+            grids, _ = bank.take(paths, variants.get(r.tracklet_id, 0))
             out.append(model.forward_features(grids.to(device), n).embeddings.cpu())
     return torch.cat(out).numpy()
 
 
-def baseline_embeddings(bank: FeatureBank, records: list[TrackletRecord], frames: int, n: int) -> np.ndarray:
+def baseline_embeddings(
+    bank: FeatureBank,
+    records: list[TrackletRecord],
+    frames: int,
+    n: int,
+    variants: dict[str, int] | None = None,
+) -> np.ndarray:
     """The honest baseline from cached own embeddings: mean over the same N sampled frames, L2-normalised."""
+    variants = variants or {}
     out = []
     for r in records:
         kept = cut(r, frames, False, None)
-        _, e = bank.take([kept[i] for i in restricted_random_sample(len(kept), n, train=False)])
+        picks = [kept[i] for i in restricted_random_sample(len(kept), n, train=False)]
+        _, e = bank.take(picks, variants.get(r.tracklet_id, 0))
         out.append(torch.nn.functional.normalize(e.mean(0), dim=0))
     return torch.stack(out).numpy()
 
@@ -201,6 +279,20 @@ def cross_camera_loss(
     log_all = torch.logsumexp(logits[has], dim=1)
     log_pos = torch.logsumexp(logits[has].masked_fill(~pos[has], float("-inf")), dim=1)
     return (log_all - log_pos).mean()
+
+
+def training_variants(cfg: HeadTrainConfig, rng: np.random.Generator, frames: int) -> list[int]:
+    """The bank variants of one training tracklet's frames: the tracklet is seen through one of its camera
+    looks with probability ``look_prob`` (when there are looks), else the image or its mirror image with
+    equal chance; then each frame (not of a mirrored tracklet) is occluded with ``occlusion_prob``."""
+    if cfg.looks and rng.random() < cfg.look_prob:
+        v = LOOK0 + int(rng.integers(cfg.looks))
+    else:
+        v = FLIP if rng.random() < 0.5 else 0
+    if not cfg.occlusion_prob or v == FLIP:
+        return [v] * frames
+    occ = occluded_variant(v, cfg.looks)
+    return [occ if rng.random() < cfg.occlusion_prob else v for _ in range(frames)]
 
 
 def metrics_dict(ms: dict[int, ReIDMetrics]) -> dict[str, dict[str, Any]]:
@@ -246,22 +338,46 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     sha = sha256_file(weights_path) if weights_path.is_file() else ""
     paths = sorted(p for r in everything for p in r.paths)
     flip_paths = {p for r in train_recs for p in r.paths}
+    augmented = cfg.looks or cfg.occlusion_prob
+    look_keys = {p: r.tracklet_id for r in train_recs + select_recs for p in r.paths} if augmented else {}
     key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, paths]).encode()).hexdigest()[:16]
+    looks_tag = f"-looks{cfg.looks}{'occ' if cfg.occlusion_prob else ''}s{cfg.seed}" if augmented else ""
     bank = build_bank(
-        backbone, paths, flip_paths, Path(cfg.cache_dir).expanduser() / f"{cfg.model.backbone}-{key}.pt"
+        backbone,
+        paths,
+        flip_paths,
+        Path(cfg.cache_dir).expanduser() / f"{cfg.model.backbone}-{key}{looks_tag}.pt",
+        look_keys=look_keys,
+        looks=cfg.looks,
+        seed=cfg.seed,
+        occlude=bool(cfg.occlusion_prob),
     )
 
     model = DRSTA(cfg.model, backbone=backbone).to(device)
     n = cfg.model.num_frames
+    # With looks, the select ids are also scored with each person's second camera seen through a camera
+    # look (an "unlike" pair of cameras drawn for ids never trained on), keyed "<frames>u".
+    first_cam = {}
+    for r in select_recs:
+        first_cam[r.pid] = min(first_cam.get(r.pid, r.camid), r.camid)
+    unlike_sel = {r.tracklet_id: LOOK0 for r in select_recs if cfg.looks and r.camid != first_cam[r.pid]}
 
-    def evaluate(records: list[TrackletRecord]) -> dict[int, ReIDMetrics]:
+    def conditions(records: list[TrackletRecord]) -> list[tuple[Any, int, dict[str, int] | None]]:
+        plain = [(f, f, None) for f in cfg.eval_frames]
+        if records is not select_recs or not unlike_sel:
+            return plain
+        return plain + [(f"{f}u", f, unlike_sel) for f in cfg.eval_frames]
+
+    def evaluate(records: list[TrackletRecord]) -> dict[Any, ReIDMetrics]:
         return {
-            f: metrics_of(head_embeddings(model, bank, records, f, device), records) for f in cfg.eval_frames
+            k: metrics_of(head_embeddings(model, bank, records, f, device, v), records)
+            for k, f, v in conditions(records)
         }
 
     base_val = {f: metrics_of(baseline_embeddings(bank, val_recs, f, n), val_recs) for f in cfg.eval_frames}
     base_sel = {
-        f: metrics_of(baseline_embeddings(bank, select_recs, f, n), select_recs) for f in cfg.eval_frames
+        k: metrics_of(baseline_embeddings(bank, select_recs, f, n, v), select_recs)
+        for k, f, v in conditions(select_recs)
     }
     start_state = {k: v.detach().clone() for k, v in model.head_state_dict().items()}
 
@@ -291,7 +407,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
             for r in recs:
                 kept = cut(r, int(rng.integers(cfg.min_frames, len(r.paths) + 1)), True, rng)
                 picks = [kept[i] for i in restricted_random_sample(len(kept), n, train=True, rng=rng)]
-                grids.append(bank.take(picks, flip=bool(rng.random() < 0.5))[0])
+                grids.append(bank.take(picks, training_variants(cfg, rng, len(picks)))[0])
             res = model.forward_features(torch.cat(grids).to(device), n)
             targets = torch.tensor([pid_map[r.pid] for r in recs], device=device)
             if cfg.loss == "oim":

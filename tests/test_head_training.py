@@ -13,7 +13,7 @@ from models.checkpoint import checkpoint_threshold, load_drsta, read_checkpoint
 from models.datasets import read_image_bgr
 from models.drsta import AvgPoolReID, DRSTAConfig
 from models.metrics import ReIDMetrics
-from models.train_head import HeadTrainConfig, beats, cross_camera_loss, train_head
+from models.train_head import LOOK0, HeadTrainConfig, beats, cross_camera_loss, train_head
 from tests.conftest import shared_path
 
 
@@ -61,7 +61,7 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
-def run(small_pku, tmp_path, epochs: int, half: bool = False):
+def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0):
     root, ids = small_pku
     cfg = HeadTrainConfig(
         model=DRSTAConfig(
@@ -76,6 +76,7 @@ def run(small_pku, tmp_path, epochs: int, half: bool = False):
         cache_dir=str(tmp_path / "cache"),
         out=str(tmp_path / "out"),
         head_float16=half,
+        looks=looks,
     )
     return train_head(cfg), tmp_path / "out" / "head.pt"
 
@@ -108,3 +109,25 @@ def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> Non
     assert summary["improved"] == payload["meta"]["improved"]
     assert payload["head"]["fc.weight"].dtype == torch.float16  # half the bytes on disk
     assert load_drsta(ckpt).fc.weight.dtype == torch.float32
+
+
+def test_camera_looks_are_cached_for_the_training_pool_and_scored_on_the_select_ids(
+    small_pku, tmp_path
+) -> None:
+    summary, _ = run(small_pku, tmp_path, epochs=1, looks=2)
+    # the select ids are scored as filmed and with each person's second camera seen through a look
+    assert set(summary["select_baseline"]) == {"6", "2", "6u", "2u"}
+    assert {"select_mAP@6u", "select_mAP@2u"} <= set(summary["history"][0])
+    assert set(summary["val_baseline"]) == {"6", "2"}  # the keep decision stays on the ids as filmed
+    (cache,) = (tmp_path / "cache").glob("openvino_0288-*-looks2s0.pt")
+    data = torch.load(cache, weights_only=True)
+    grids, paths = data["grids"], data["paths"]
+    assert grids.shape[1] == LOOK0 + 2
+    root, ids = small_pku
+    val = [i for i, p in enumerate(paths) if p.split("/")[-2] in ids[-2:]]
+    pool = [i for i, p in enumerate(paths) if p.split("/")[-2] not in ids[-2:]]
+    assert not grids[val, LOOK0:].float().abs().any()  # never computed for held-out ids
+    looked, plain = grids[pool, LOOK0].float(), grids[pool, 0].float()
+    assert looked.abs().sum(dim=(1, 2, 3)).min() > 0  # every training-pool image has its looks
+    assert not torch.allclose(looked, plain, atol=1e-2)  # and they are not the image as filmed
+    assert not torch.allclose(grids[pool, LOOK0].float(), grids[pool, LOOK0 + 1].float(), atol=1e-2)
