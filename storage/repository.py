@@ -297,7 +297,7 @@ def upsert_camera(
         "id": camera_id,
         "source": None if source is None else redact_url(str(source)),
         "start_time": None if start_time is None else _utc(start_time, "start_time"),
-        "crop": crop,
+        "crop": sa.null() if crop is None else crop,  # SQL NULL, not the JSON 'null' a None becomes
         "frame_width": None if frame_size is None else int(frame_size[0]),
         "frame_height": None if frame_size is None else int(frame_size[1]),
     }

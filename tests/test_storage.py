@@ -469,6 +469,9 @@ def test_upsert_camera_stores_the_view_of_the_latest_run(store, crop, frame_size
         row = s.get(CameraRow, "cam0")
         assert (row.crop, row.frame_width, row.frame_height) == stored
         assert row.source == "b.mp4"
+        # no crop is SQL NULL (what the documented "crop IS NULL" finds), not the JSON text 'null'
+        is_null = s.execute(sa.text("SELECT crop IS NULL FROM cameras WHERE id = 'cam0'")).scalar_one()
+        assert bool(is_null) == (crop is None)
 
 
 @pytest.mark.parametrize(
