@@ -1,8 +1,8 @@
 """The web pages in a real browser: Debian's headless chromium driven by selenium, against the real server
 (``python -m pipeline.web``) reading a store built like a run writes it (tests/test_web_api.py).
 
-One browser session for the module. Screenshots of each page go to ``$REID_WEB_SCREENSHOTS`` when set (the
-docs/web_*.png of docs/web.md were made with ``REID_WEB_SCREENSHOTS=docs``), else to a temporary folder.
+One browser session for the module. Screenshots of each page go to ``$REID_WEB_SCREENSHOTS`` when set, else
+to a temporary folder (the docs/web_*.png of docs/web.md are made from a real run by tools/web_screenshots.py).
 """
 
 from __future__ import annotations
