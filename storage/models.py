@@ -105,6 +105,9 @@ class CameraRow(Base):
     id: Mapped[str] = mapped_column(primary_key=True)
     source: Mapped[str | None]  # file path / URL / webcam index, password redacted
     start_time: Mapped[datetime | None]
+    crop: Mapped[list[int] | None] = mapped_column(sa.JSON)  # [x1, y1, x2, y2] of the source; NULL: all of it
+    frame_width: Mapped[int | None]  # of the frames the camera worked on (the crop's size when cropped)
+    frame_height: Mapped[int | None]
     connected: Mapped[bool | None]  # NULL until the camera worker first reports its health
     reconnects: Mapped[int] = mapped_column(server_default=sa.text("0"))
     last_frame_time: Mapped[datetime | None]

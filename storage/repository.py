@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -263,21 +264,47 @@ def _box_summary(boxes: Any) -> dict[str, Any]:
 
 
 def upsert_camera(
-    session: Session, camera_id: str, source: str | int | None, start_time: Instant | None
+    session: Session,
+    camera_id: str,
+    source: str | int | None,
+    start_time: Instant | None,
+    *,
+    crop: Sequence[int] | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> None:
-    """Create or update camera ``camera_id`` with its ``source`` (stored with its password redacted) and
-    ``start_time`` (when its frame clock starts; None = unknown). Health columns are left as they are."""
+    """Create or update camera ``camera_id`` with its ``source`` (stored with its password redacted),
+    ``start_time`` (when its frame clock starts; None = unknown), ``crop`` (the camera's ``[x1, y1, x2,
+    y2]`` of the source's frames, checked by the caller with :func:`pipeline.camera.crop.check_crop`; None =
+    the whole frame) and ``frame_size`` (``(width, height)`` of the frames it works on, the crop's size when
+    cropped; None = unknown). All four describe the camera's latest run and overwrite what was stored.
+    Health columns are left as they are. Raises ``ValueError`` for a crop that is not four integers or a
+    frame size that is not two positive integers."""
     _text(camera_id, "camera_id")
+    if crop is not None:
+        if len(crop) != 4 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in crop
+        ):
+            raise ValueError(f"crop: expected [x1, y1, x2, y2] integers or None, got {crop!r}")
+        crop = [int(v) for v in crop]
+    if frame_size is not None:
+        if len(frame_size) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in frame_size
+        ):
+            raise ValueError(
+                f"frame_size: expected (width, height) positive integers or None, got {frame_size!r}"
+            )
     values = {
         "id": camera_id,
         "source": None if source is None else redact_url(str(source)),
         "start_time": None if start_time is None else _utc(start_time, "start_time"),
+        "crop": sa.null() if crop is None else crop,  # SQL NULL, not the JSON 'null' a None becomes
+        "frame_width": None if frame_size is None else int(frame_size[0]),
+        "frame_height": None if frame_size is None else int(frame_size[1]),
     }
     stmt = _insert(session, CameraRow.__table__).values(**values)
     session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["id"],
-            set_={"source": stmt.excluded.source, "start_time": stmt.excluded.start_time},
+            index_elements=["id"], set_={k: stmt.excluded[k] for k in values if k != "id"}
         )
     )
 

@@ -17,7 +17,14 @@ from models.checkpoint import DEFAULT_CHECKPOINT, load_drsta
 from models.drsta import DRSTA
 from models.sampling import restricted_random_sample
 from pipeline.config import ReIDConfig
-from pipeline.reid.pictures import attention_strip, best_crops, tracklet_pictures
+from pipeline.reid.pictures import (
+    LABEL_HEIGHT,
+    attention_strip,
+    best_crops,
+    heat_for_display,
+    peak_over_uniform,
+    tracklet_pictures,
+)
 from pipeline.reid.worker import TrackletEncoder
 from pipeline.transport.messages import Tracklet, TrackletPicture
 
@@ -89,8 +96,8 @@ def test_attention_picture_puts_each_parts_heat_where_it_looked() -> None:
     cells = [(0, 0), (7, 3), (3, 2)]
     crop = np.full((H, W, 3), 128, np.uint8)
     strip = attention_strip(crop, one_hot_spatial(1, cells, grid)[0].reshape(len(cells), *grid))
-    assert strip.shape == (H, (1 + len(cells)) * W, 3)
-    assert np.array_equal(strip[:, :W], crop)  # the plain crop first
+    assert strip.shape == (H + LABEL_HEIGHT, (1 + len(cells)) * W, 3)
+    assert np.array_equal(strip[:H, :W], crop)  # the plain crop first
     for k, (r, c) in enumerate(cells):
         panel = strip[:, (1 + k) * W : (2 + k) * W].astype(int)  # BGR
         hot = panel[r * 32 + 16, c * 32 + 16]
@@ -98,6 +105,71 @@ def test_attention_picture_puts_each_parts_heat_where_it_looked() -> None:
         cold = panel[far_r, far_c]
         assert hot[2] > hot[0] + 40, f"part {k}: the cell it looked at is not red: {hot}"
         assert cold[0] > cold[2] + 40, f"part {k}: the farthest cell is not blue: {cold}"
+
+
+def heat_contrast(panel: np.ndarray, crop: np.ndarray) -> float:
+    """How much the heatmap colour varies over a panel: the jet colour is recovered from the 50 % blend
+    (panel - crop / 2) * 2, and its red minus blue spans -255 (blue) .. 255 (red); returns the spread
+    between its 5th and 95th percentile (0 = one colour everywhere, about 510 = blue to red)."""
+    heat = (panel.astype(np.float32) - 0.5 * crop.astype(np.float32)) / 0.5
+    red_minus_blue = heat[..., 2] - heat[..., 0]  # BGR
+    return float(np.percentile(red_minus_blue, 95) - np.percentile(red_minus_blue, 5))
+
+
+def text_pixels(band: np.ndarray) -> int:
+    """White-ish pixels in a label band (the band itself is dark grey)."""
+    return int((band.min(axis=2) > 150).sum())
+
+
+@pytest.mark.parametrize(
+    ("heat", "expected"),
+    [
+        (np.full((8, 4), 1 / 32), 1.0),  # uniform
+        (one_hot_spatial(1, [(2, 1)], (8, 4))[0, 0].reshape(8, 4), 32.0),  # all on one cell of 32
+        (np.array([[1.0, 3.0]]), 1.5),  # not normalised: peak over the mean
+        (np.zeros((8, 4)), float("nan")),  # no attention at all
+    ],
+)
+def test_peak_over_uniform(heat: np.ndarray, expected: float) -> None:
+    np.testing.assert_allclose(peak_over_uniform(heat), expected)
+
+
+@pytest.mark.parametrize(
+    ("relative_noise", "flat"),
+    [
+        (0.0, True),  # exactly uniform
+        (1e-7, True),  # float32 rounding of a softmax over equal logits
+        (1e-6, True),
+        (2e-3, False),  # the default checkpoint's maps are this far from uniform, and are drawn
+    ],
+)
+def test_a_uniform_map_is_drawn_flat_not_amplified_noise(relative_noise: float, flat: bool) -> None:
+    rng = np.random.default_rng(1)
+    heat = (np.full((16, 8), 1 / 128) * (1 + relative_noise * rng.standard_normal((16, 8)))).astype(
+        np.float32
+    )
+    crop = np.full((H, W, 3), 128, np.uint8)
+    strip = attention_strip(crop, heat[None])
+    panel = strip[:H, W:]
+    assert (not heat_for_display(heat).any()) == flat
+    if flat:
+        assert heat_contrast(panel, crop) < 3.0, "a uniform map was stretched into colours"
+        assert np.ptp(panel.reshape(-1, 3), axis=0).max() <= 1  # one colour
+    else:
+        assert heat_contrast(panel, crop) > 300
+
+
+def test_a_few_outlying_cells_do_not_flatten_the_rest() -> None:
+    # the default checkpoint's maps: two border cells 7 % low, the rest within 0.3 % of each other, with
+    # a structure (here: the left half higher) that min-max scaling would paint in one colour
+    heat = np.full((16, 8), 1.0, np.float32)
+    heat[:, :4] += 0.002
+    heat[0, 0] = heat[0, 7] = 0.93
+    crop = np.full((H, W, 3), 128, np.uint8)
+    panel = attention_strip(crop, heat[None])[:H, W:].astype(int)  # BGR
+    left, right = panel[8 * 16, 1 * 16], panel[8 * 16, 6 * 16]  # row 8, columns 1 and 6 of the grid
+    assert left[2] > left[0] + 40, f"the higher half is not red: {left}"
+    assert right[0] > right[2] + 40, f"the lower half is not blue: {right}"
 
 
 def test_tracklet_pictures_synthetic() -> None:
@@ -117,8 +189,8 @@ def test_tracklet_pictures_synthetic() -> None:
     ]
     assert close_to(decode(pics[0]), crops[2]) and close_to(decode(pics[1]), crops[3])
     att = decode(pics[2])
-    assert (pics[2].width, pics[2].height) == (3 * W, H)
-    assert close_to(att[:, :W], crops[2])
+    assert (pics[2].width, pics[2].height) == (3 * W, H + LABEL_HEIGHT)
+    assert close_to(att[:H, :W], crops[2])
     assert (
         tracklet_pictures(
             crops, frames, sampled, temporal, spatial, grid, num_crops=0, quality=90, blur_heads=False
@@ -253,12 +325,35 @@ def test_crops_are_the_frames_with_most_temporal_attention(model: DRSTA, pku_roo
     (att,) = [p for p in e.pictures if p.kind == "attention"]
     k = out.spatial_attention.shape[2]
     assert (att.rank, att.frame_index) == (0, crops[0].frame_index)
-    assert (att.width, att.height) == ((1 + k) * W, H)
+    assert (att.width, att.height) == ((1 + k) * W, H + LABEL_HEIGHT)
     img = decode(att)
-    assert close_to(img[:, :W], t.crops[want[0]])
-    assert not close_to(img[:, W : 2 * W], t.crops[want[0]])  # a heatmap is over the first part's panel
+    assert close_to(img[:H, :W], t.crops[want[0]])
+    assert not close_to(img[:H, W : 2 * W], t.crops[want[0]])  # a heatmap is over the first part's panel
     assert np.array_equal(e.track_frames, t.track_frames)
     assert np.array_equal(e.track_boxes, t.track_boxes)
+
+
+@pytest.mark.parametrize(("pid", "cam"), [("007", "01"), ("008", "02"), ("010", "01")])
+def test_the_default_checkpoints_attention_picture_shows_contrast_and_says_how_flat(
+    model: DRSTA, pku_root: Path, pid: str, cam: str
+) -> None:
+    # The default checkpoint's maps are within a few per mille of uniform; scaled from their min, two
+    # padded border cells took the whole colour range and the rest was one red (contrast about 20 here).
+    t = pku_tracklet(pku_root, pid, cam)
+    (e,) = encoder(model).encode([t])
+    (att,) = [p for p in e.pictures if p.kind == "attention"]
+    img = decode(att)
+    crop = img[:H, :W]
+    k = att.width // W - 1
+    _, out = reference(model, t)
+    ratios = [peak_over_uniform(m) for m in out.spatial_attention[0, 0].numpy()]  # (K, L) of one frame
+    assert all(1.0 < r < 1.1 for r in ratios), f"not the nearly uniform maps this test is about: {ratios}"
+    for part in range(k):
+        panel = img[:H, (1 + part) * W : (2 + part) * W]
+        assert heat_contrast(panel, crop) > 100, f"part {part + 1}: the heatmap is one colour"
+        band = img[H:, (1 + part) * W : (2 + part) * W]
+        assert np.median(band) < 60, f"part {part + 1}: no dark label band under the panel"
+        assert text_pixels(band) > 40, f"part {part + 1}: no label written under the panel"
 
 
 def test_making_pictures_does_not_change_the_embedding(model: DRSTA, pku_root: Path) -> None:

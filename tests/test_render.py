@@ -1,4 +1,5 @@
-"""render: a recorded camera's footage redrawn with global identities from a real (SQLite) store."""
+"""render: a recorded camera's footage redrawn with global identities from a real (SQLite) store; a cropped
+camera drawn on its stored crop, from SQL alone (also after a real run of run_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pipeline.tools.render import frame_boxes, main, render_camera
 from storage import repository as repo
 from storage.boxes import TrackBoxes
 from storage.db import Store, open_store
+from storage.models import CameraRow
 from tests.conftest import REPO, shared_path
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -236,3 +238,166 @@ def test_crop_and_blur_heads_come_from_the_config(store: Store, tmp_path: Path, 
     assert main(["--db", url, "--camera", "cam2", "--out", str(out), "--cameras", str(cams)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no camera 'cam2'" in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# A cropped camera: the run stores its crop (cameras.crop, migration 0004), render needs nothing else
+
+RIGHT = (428, 0, 768, 576)  # the right third of vtest.avi, plaza-right of configs/demo.yaml
+RIGHT_BOX = (150, 200, 220, 380)  # in the crop's pixels
+
+
+def _vtest_frame(vtest: Path, index: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(vtest))
+    for _ in range(index + 1):
+        ok, img = cap.read()
+        assert ok, f"{vtest}: no frame {index}"
+    cap.release()
+    return img
+
+
+@pytest.fixture
+def cropped_store(tmp_path: Path, vtest: Path):
+    store = open_store(f"sqlite:///{tmp_path / 'cropped.db'}")
+    with store.session() as s:
+        repo.upsert_camera(s, "right", str(vtest), T0, crop=RIGHT, frame_size=(340, 576))
+        tid = repo.add_tracklet(
+            s,
+            session_key=RUN,
+            camera_id="right",
+            track_id=1,
+            chunk=0,
+            first_frame=0,
+            last_frame=FRAMES - 1,
+            start_time=T0,
+            end_time=T0.timestamp() + (FRAMES - 1) / 10,
+            num_frames=FRAMES,
+        )
+        boxes = np.array([_box(RIGHT_BOX, f) for f in range(FRAMES)], np.float32)
+        repo.add_boxes(s, tid, TrackBoxes(np.arange(FRAMES), boxes))
+        repo.ensure_identity(s, 7, created_at=T0)
+        repo.add_sighting(s, tid, 7, None, T0)
+        s.commit()
+    yield store
+    store.dispose()
+
+
+def _region_error(rendered: np.ndarray, original: np.ndarray, x_offset: int) -> float:
+    """Mean absolute difference between rows 450..570, columns 10..120 of ``rendered`` (no box there) and the
+    same rectangle of ``original`` shifted right by ``x_offset`` pixels."""
+    got = rendered[450:570, 10:120].astype(np.float64)
+    want = original[450:570, 10 + x_offset : 120 + x_offset].astype(np.float64)
+    return float(np.abs(got - want).mean())
+
+
+def test_render_from_sql_alone_uses_the_stored_crop(
+    cropped_store: Store, tmp_path: Path, vtest: Path, capsys
+):
+    url = f"sqlite:///{tmp_path / 'cropped.db'}"
+    out = tmp_path / "right.mp4"
+    assert (
+        main(["--db", url, "--camera", "right", "--out", str(out), "--max-frames", "3", "--no-progress"]) == 0
+    )
+    assert "3 frames 340x576" in capsys.readouterr().out
+    frames = _decode(out)
+    assert frames[0].shape == (576, 340, 3)
+    # The box is drawn where the stored (cropped) coordinates say, in identity 7's colour ...
+    got = _left_border(frames[2], _box(RIGHT_BOX, 2))
+    assert np.abs(got - np.array(identity_color(7))).max() < 40, got
+    # ... over the right third of the footage, not its left third
+    original = _vtest_frame(vtest, 2)
+    assert _region_error(frames[2], original, RIGHT[0]) < 8.0
+    assert _region_error(frames[2], original, 0) > 2 * _region_error(frames[2], original, RIGHT[0])
+
+
+def test_crop_on_the_command_line_overrides_the_stored_one(cropped_store: Store, tmp_path: Path, vtest: Path):
+    url = f"sqlite:///{tmp_path / 'cropped.db'}"
+    out = tmp_path / "left.mp4"
+    args = ["--db", url, "--camera", "right", "--out", str(out), "--max-frames", "1", "--no-progress"]
+    assert main([*args, "--crop", "0,0,340,576"]) == 0
+    [frame] = _decode(out)
+    assert frame.shape == (576, 340, 3)
+    original = _vtest_frame(vtest, 0)
+    assert _region_error(frame, original, 0) < 8.0
+
+
+def test_a_store_without_crops_renders_the_whole_frame(store: Store, tmp_path: Path) -> None:
+    # written by upsert_camera without crop, as a store migrated from 0003 holds NULL
+    report = render_camera(store, "cam1", tmp_path / "whole.mp4", max_frames=1, progress=False)
+    assert report.size == (768, 576)
+
+
+@pytest.mark.slow
+def test_a_real_run_stores_the_crop_and_render_needs_nothing_else(tmp_path: Path, vtest: Path) -> None:
+    det = shared_path("assets/detectors/yolo11n_int8_openvino_model")
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(
+        f"""
+cameras:
+  - {{id: plaza-right, source: "{vtest}", start_time: "2024-05-14T09:03:00Z", crop: [{", ".join(map(str, RIGHT))}]}}
+detector: {{weights: "{det}", conf: 0.35}}
+tracklets: {{min_length: 4, max_gap: 10}}
+""",
+        encoding="utf-8",
+    )
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "run_pipeline.py",
+            "--cameras",
+            str(cams),
+            "--db",
+            url,
+            "--max-frames",
+            "40",
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    store = open_store(url)
+    try:
+        with store.session(readonly=True) as s:
+            row = s.get(CameraRow, "plaza-right")
+            assert (row.crop, row.frame_width, row.frame_height) == (list(RIGHT), 340, 576)
+            assert row.source == str(vtest)
+            (run_key,) = repo.camera_runs(s, "plaza-right")
+        _, boxes = frame_boxes(store, "plaza-right", run_key)
+    finally:
+        store.dispose()
+    assert len(boxes.frames) > 0, "the run stored no boxes to draw"
+    out = tmp_path / "plaza-right.mp4"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "run_pipeline.py",
+            "render",
+            "--db",
+            url,
+            "--camera",
+            "plaza-right",
+            "--out",
+            str(out),
+            "--max-frames",
+            "40",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    frames = _decode(out)
+    assert len(frames) == 40 and frames[0].shape == (576, 340, 3)
+    # the first frame with a box: its border is in the colour of the identity the run gave it
+    f = int(boxes.frames[0])
+    b, ids = boxes.at(f)
+    i = int(np.argmax(b[:, 3] - b[:, 1]))  # the tallest box: its border is widest to sample
+    assert ids[i] is not None, "the run left a box without identity"
+    got = _left_border(frames[f], tuple(b[i]))
+    assert np.abs(got - np.array(identity_color(ids[i]))).max() < 60, (got, identity_color(ids[i]))

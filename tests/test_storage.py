@@ -228,6 +228,49 @@ def test_downgrade_of_0003_keeps_the_older_rows(store, target, scene):
         again.dispose()
 
 
+def test_upgrade_from_0003_keeps_the_cameras_and_adds_their_view(store, target, scene):
+    cfg = alembic_config()
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    store.dispose()
+    columns = {c["name"] for c in sa.inspect(store.engine).get_columns("cameras")}
+    assert not columns & {"crop", "frame_width", "frame_height"}
+    with store.engine.begin() as conn:  # a camera registered by 0003-era code, with health
+        conn.execute(
+            sa.text(
+                "INSERT INTO cameras (id, source, reconnects, frames, fps) VALUES ('D', 'd.mp4', 2, 50, 5.0)"
+            )
+        )
+    again = open_store(target.url, schema=target.schema)
+    try:
+        assert again.revision() == HEAD
+        with again.session() as s:
+            rows = {r.id: r for r in s.execute(sa.select(CameraRow)).scalars()}
+            assert set(rows) == {"A", "B", "C", "D"}
+            assert (rows["D"].source, rows["D"].reconnects, rows["D"].frames, rows["D"].fps) == (
+                "d.mp4",
+                2,
+                50,
+                5.0,
+            )
+            assert rows["A"].source == "videos/A.mp4" and rows["B"].connected is False
+            assert all((r.crop, r.frame_width, r.frame_height) == (None, None, None) for r in rows.values())
+            assert repo.counts(s)["tracklets"] == len(SCENE)
+            repo.upsert_camera(s, "D", "d.mp4", T0, crop=[10, 20, 330, 260], frame_size=(320, 240))
+            s.commit()
+        with again.session(readonly=True) as s:
+            row = s.get(CameraRow, "D")
+            assert (row.crop, row.frame_width, row.frame_height, row.reconnects) == (
+                [10, 20, 330, 260],
+                320,
+                240,
+                2,
+            )
+    finally:
+        again.dispose()
+
+
 def test_models_match_the_migrations(store):
     with store.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
@@ -406,6 +449,46 @@ def test_upsert_camera_redacts_and_updates(store, source, stored):
         row = s.get(CameraRow, "cam0")
         assert (row.source, row.start_time) == (stored, at(0))
         assert row.connected is None
+
+
+@pytest.mark.parametrize(
+    ("crop", "frame_size", "stored"),
+    [
+        ((428, 0, 768, 576), (340, 576), ([428, 0, 768, 576], 340, 576)),
+        (np.array([0, 0, 340, 576]), np.array([340, 576]), ([0, 0, 340, 576], 340, 576)),  # NumPy integers
+        (None, (768, 576), (None, 768, 576)),  # the whole frame
+        (None, None, (None, None, None)),  # a live source before its first frame
+    ],
+)
+def test_upsert_camera_stores_the_view_of_the_latest_run(store, crop, frame_size, stored):
+    with store.session() as s:
+        repo.upsert_camera(s, "cam0", "a.mp4", None, crop=[1, 2, 3, 4], frame_size=(2, 2))
+        repo.upsert_camera(s, "cam0", "b.mp4", T0, crop=crop, frame_size=frame_size)
+        s.commit()
+    with store.session(readonly=True) as s:
+        row = s.get(CameraRow, "cam0")
+        assert (row.crop, row.frame_width, row.frame_height) == stored
+        assert row.source == "b.mp4"
+        # no crop is SQL NULL (what the documented "crop IS NULL" finds), not the JSON text 'null'
+        is_null = s.execute(sa.text("SELECT crop IS NULL FROM cameras WHERE id = 'cam0'")).scalar_one()
+        assert bool(is_null) == (crop is None)
+
+
+@pytest.mark.parametrize(
+    ("crop", "frame_size", "error"),
+    [
+        ([0, 0, 10], None, "crop"),
+        ([0, 0, 10.0, 10], None, "crop"),
+        ([0, 0, True, 10], None, "crop"),
+        ("0,0,10,10", None, "crop"),
+        (None, (0, 576), "frame_size"),
+        (None, (340,), "frame_size"),
+        (None, (340.0, 576), "frame_size"),
+    ],
+)
+def test_upsert_camera_refuses_a_malformed_view(store, crop, frame_size, error):
+    with store.session() as s, pytest.raises(ValueError, match=error):
+        repo.upsert_camera(s, "cam0", "a.mp4", None, crop=crop, frame_size=frame_size)
 
 
 def test_update_camera_health_overwrites(store):

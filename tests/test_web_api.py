@@ -268,6 +268,21 @@ def test_version_metrics_and_openapi(client):
         assert p in paths
 
 
+@pytest.mark.parametrize(
+    ("page", "script"), [("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")]
+)
+def test_api_docs_pages_load_nothing_from_another_host(client, page, script):
+    html = client.get(page).text
+    assert "://" not in html, "the page names another host"  # no CDN, no fonts, no validator
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: '([^']+)'", html)
+    assert any(u.endswith(script) for u in urls) and (page == "/redoc" or "/openapi.json" in urls)
+    for u in urls:
+        assert u.startswith("/") and not u.startswith("//"), u
+        r = client.get(u)
+        assert r.status_code == 200 and len(r.content) > 100, (u, r.status_code)
+    assert 'spec-url="/openapi.json"' in html or "url: '/openapi.json'" in html
+
+
 # ----------------------------------------------------------------------------------------------------
 # Find this person
 

@@ -1,8 +1,8 @@
 """The web pages in a real browser: Debian's headless chromium driven by selenium, against the real server
 (``python -m pipeline.web``) reading a store built like a run writes it (tests/test_web_api.py).
 
-One browser session for the module. Screenshots of each page go to ``$REID_WEB_SCREENSHOTS`` when set (the
-docs/web_*.png of docs/web.md were made with ``REID_WEB_SCREENSHOTS=docs``), else to a temporary folder.
+One browser session for the module. Screenshots of each page go to ``$REID_WEB_SCREENSHOTS`` when set, else
+to a temporary folder (the docs/web_*.png of docs/web.md are made from a real run by tools/web_screenshots.py).
 """
 
 from __future__ import annotations
@@ -82,7 +82,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        # offline: no host but the test server's resolves, so a page that needs the Internet shows it
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
@@ -161,6 +168,19 @@ def test_search_finds_the_right_identity_for_a_crop_of_a_known_sighting(
     first = WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.result"))[0]
     assert first.get_attribute("data-identity") == str(built.identities["011"])
     _screenshot(browser, shots, "search")
+
+
+def test_swagger_ui_shows_the_operations_offline(server, browser, shots):
+    browser.get(server + "/docs")
+    ops = WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+    )
+    paths = {o.get_attribute("data-path") or o.text for o in ops}
+    assert {"/api/identities", "/api/identities/{identity_id}", "/api/search", "/metrics"} <= paths, paths
+    assert "reid-pipeline" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith(server + "/") for u in loaded), loaded
+    _screenshot(browser, shots, "docs")
 
 
 def test_a_page_open_during_a_run_shows_new_identities(server, browser, built):

@@ -174,7 +174,14 @@ def camera_process(
             for c in group.cameras:
                 conf = cfg.camera(c.camera_id)
                 start = datetime.fromtimestamp(c.source.start_time, UTC) if c.source.start_time else None
-                repo.upsert_camera(s, c.camera_id, redact_url(str(conf.source)), start)
+                repo.upsert_camera(
+                    s,
+                    c.camera_id,
+                    redact_url(str(conf.source)),
+                    start,
+                    crop=c.source.crop,
+                    frame_size=c.source.frame_size,
+                )
             s.commit()
         health = HealthReporter(store, group)
         health.start()

@@ -14,9 +14,11 @@ Where the frames come from: the ``cameras.source`` the camera worker stored (a r
 as the config resolved it; URLs are stored redacted and cannot be replayed), or ``--source PATH``. Frames are
 decoded by the pipeline's own frame sources, so rotation and frame numbering are the camera worker's.
 
-The crop is **not** stored in SQL: boxes are in pixels of the camera's cropped view, so for a camera that
-ran with ``crop:`` give the same rectangle with ``--crop x1,y1,x2,y2`` or name the config with
-``--cameras cams.yaml`` (its ``cameras[].crop`` is used). The video then shows the cropped view.
+The crop: boxes are in pixels of the camera's cropped view, so a camera that ran with ``crop:`` is drawn on
+the same rectangle of the footage: the one the run stored (``cameras.crop``, since migration 0004), unless
+``--crop x1,y1,x2,y2`` or the config named by ``--cameras cams.yaml`` (its ``cameras[].crop``) says
+otherwise (a store written before 0004 holds no crop: give it one of these). The video shows the cropped
+view.
 
 Heads are blurred (:mod:`pipeline.privacy`) with ``--blur-heads`` or when the config given with
 ``--cameras`` says ``privacy.blur_heads: true``.
@@ -45,7 +47,16 @@ from storage import repository as repo
 from storage.db import Store, StoreError, open_store
 from storage.models import CameraRow
 
-__all__ = ["FrameBoxes", "RenderReport", "frame_boxes", "main", "parser", "render_camera", "run"]
+__all__ = [
+    "FrameBoxes",
+    "RenderReport",
+    "frame_boxes",
+    "main",
+    "parser",
+    "render_camera",
+    "run",
+    "stored_view",
+]
 
 FALLBACK_FPS = 10.0  # when the footage does not say its rate
 
@@ -120,10 +131,17 @@ def frame_boxes(store: Store, camera_id: str, session_key: str | None) -> tuple[
     return session_key, FrameBoxes(frames[order], boxes[order], ids[order])
 
 
-def stored_source(store: Store, camera_id: str) -> str | None:
-    """The ``cameras.source`` of ``camera_id`` (None when not stored or no such camera)."""
+def stored_view(store: Store, camera_id: str) -> tuple[str | None, Crop | None]:
+    """The ``cameras.source`` and ``cameras.crop`` of ``camera_id`` (None for what is not stored, both None
+    for no such camera). Raises ``ValueError`` naming the camera for a stored crop that is not a valid one."""
     with store.session(readonly=True) as s:
-        return s.execute(sa.select(CameraRow.source).where(CameraRow.id == camera_id)).scalar()
+        row = s.execute(sa.select(CameraRow.source, CameraRow.crop).where(CameraRow.id == camera_id)).first()
+    if row is None:
+        return None, None
+    try:
+        return row.source, None if row.crop is None else check_crop(row.crop)
+    except ValueError as err:
+        raise ValueError(f"camera {camera_id!r}: cameras.crop in the store: {err}") from None
 
 
 def render_camera(
@@ -141,15 +159,17 @@ def render_camera(
     """Write ``out`` (MP4): the footage of ``camera_id`` with its stored boxes drawn in identity colours.
 
     ``source`` overrides the stored ``cameras.source``; ``session_key`` picks the run (see
-    :func:`frame_boxes`); ``crop`` is the camera's ``crop`` (boxes are in its pixels; not stored in SQL);
+    :func:`frame_boxes`); ``crop`` overrides the stored ``cameras.crop`` (boxes are in its pixels);
     ``blur_heads`` blurs each box's head band before drawing; ``max_frames`` stops after that many frames.
     Raises ``LookupError`` for an unknown camera or run, ``ValueError`` (:class:`SourceError` is one) when
     there is no usable recorded source or the crop does not fit it, ``OSError`` when ``out`` cannot be
     written.
     """
     run_key, boxes = frame_boxes(store, camera_id, session_key)
+    own_source, own_crop = stored_view(store, camera_id)
+    crop = own_crop if crop is None else crop
     if source is None:
-        source = stored_source(store, camera_id)
+        source = own_source
         if source is None:
             raise ValueError(f"camera {camera_id!r}: no source stored in the store; pass --source PATH")
     try:
@@ -239,7 +259,10 @@ def parser(prog: str = "python -m pipeline.tools.render") -> argparse.ArgumentPa
         "--session", default=None, help="the camera worker run (needed when the camera had several)"
     )
     ap.add_argument(
-        "--crop", type=_crop_arg, default=None, help="x1,y1,x2,y2: the camera's crop (not stored in SQL)"
+        "--crop",
+        type=_crop_arg,
+        default=None,
+        help="x1,y1,x2,y2: the camera's crop (default: the stored one)",
     )
     ap.add_argument(
         "--cameras", default=None, help="cams.yaml: take the camera's crop and privacy.blur_heads from it"

@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Annotated
 
 import cv2
+import fastapi_offline
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +44,9 @@ TOKEN_ENV = "REID_WEB_TOKEN"
 _COOKIE = "reid_token"
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 _PICTURE_KINDS = ("crop", "attention")
+# Swagger UI and ReDoc as files of a Python package (fastapi-offline's, MIT): /docs works without Internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).with_name("static")
+DOCS_ASSETS_URL = "/docs-assets"
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -101,8 +107,35 @@ def create_app(
         title="reid-pipeline",
         description="Read-only view of a re-identification store: identities, timelines, cameras, search.",
         version="1",
+        docs_url=None,  # FastAPI's own pages load their scripts from a CDN: served below from DOCS_ASSETS
+        redoc_url=None,
     )
     app.state.store = store
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            # no badge that sends the document to the public validator
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
