@@ -20,7 +20,9 @@ looking at which numbers.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -127,3 +129,40 @@ def occlusion_for(path_key: str, seed: int, pool: list[str]) -> tuple[Occlusion,
     side = ("left", "right", "bottom")[int(rng.integers(3))]
     fraction = float(rng.uniform(0.25, 0.5)) if side != "bottom" else float(rng.uniform(0.25, 0.45))
     return Occlusion(side, fraction), pool[int(rng.integers(len(pool)))]
+
+
+def second_camera_looked(records: list, seed: int, cache_dir: str | Path) -> list:
+    """Evaluation: every identity's cameras after its first seen through a random camera look.
+
+    ``records`` are TrackletRecords; a tracklet whose camera is not its identity's lowest camera id gets the
+    look ``look_for(tracklet_id, 0, seed)`` on each of its images, written once as PNG under ``cache_dir``
+    (outside the repository) and substituted for its paths. Pick a ``seed`` no training run uses, so the
+    looks are ones no model was trained on.
+    """
+    from dataclasses import replace
+
+    first: dict[int, int] = {}
+    for r in records:
+        first[r.pid] = min(first.get(r.pid, r.camid), r.camid)
+    out_dir = Path(cache_dir).expanduser() / f"looks-seed{seed}"
+    out = []
+    for r in records:
+        if r.camid == first[r.pid]:
+            out.append(r)
+            continue
+        look = look_for(r.tracklet_id, 0, seed)
+        paths = []
+        for p in r.paths:
+            digest = hashlib.sha256(f"{r.tracklet_id}/{p}".encode()).hexdigest()[:20]
+            dst = out_dir / f"{digest}.png"
+            if not dst.is_file():
+                image = cv2.imread(p, cv2.IMREAD_COLOR)
+                if image is None:
+                    raise FileNotFoundError(f"camera look: cannot read image {p}")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_suffix(".tmp.png")
+                cv2.imwrite(str(tmp), look.apply(image))
+                os.replace(tmp, dst)
+            paths.append(str(dst))
+        out.append(replace(r, paths=tuple(paths)))
+    return out

@@ -36,6 +36,8 @@ from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 from models.train import evaluate_records
 
+LOOK_CACHE = "~/.cache/reid-pipeline"
+
 
 def parse_ids(value: str | None) -> list[str] | None:
     if not value:
@@ -155,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="splitview: cut each ground-truth tracklet into pieces of about this many crops (more queries)",
     )
+    ap.add_argument(
+        "--camera-look",
+        type=int,
+        metavar="SEED",
+        help="every identity's second camera seen through a random camera look drawn with this seed "
+        "(models/camera_looks.py; looked images cached under ~/.cache/reid-pipeline)",
+    )
     ap.add_argument("--num-frames", type=int, default=6, help="N, frames the baseline samples per tracklet")
     ap.add_argument(
         "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
@@ -188,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             look=args.look,
             piece=args.piece,
         )
+        if args.camera_look is not None:
+            from models.camera_looks import second_camera_looked
+
+            same = gallery is query
+            query = second_camera_looked(query, args.camera_look, LOOK_CACHE)
+            gallery = query if same else second_camera_looked(gallery, args.camera_look, LOOK_CACHE)
         results: dict[str, dict] = {}
         curves = {}
         for frames in args.frames:

@@ -9,6 +9,11 @@ if validation improves.
    mean-pooled over the tracklet.
 2. Backbone maps and own embeddings of every image (and its mirror image, for training ids) are computed
    once and cached (``cache_dir``, outside the repository; float16 maps), so the head trains in minutes.
+   With ``looks`` > 0 every training-pool tracklet is also cached through that many random camera looks
+   (``models.camera_looks``: one draw per tracklet, as one camera), and a training tracklet is seen through
+   one of them with ``look_prob``; the select ids are then also scored with each person's second camera
+   through a look (keys ``"<frames>u"``), so the epoch is picked for robustness to unlike cameras too.
+   ``occlusion_prob`` > 0 adds occluded copies (another identity over one side of single frames).
 3. Training ids are the folder's identities minus ``val_ids`` (the held-out ids of the default checkpoint's
    split); ``select_fraction`` of them are set aside to pick the best epoch, so the validation ids decide
    only once, at the end: the trained head is kept when, at every ``eval_frames`` setting, it is at least

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.camera_looks import CameraLook, LookRanges, draw_look, look_for
-from models.datasets import read_image_bgr
+from models.camera_looks import (
+    CameraLook,
+    LookRanges,
+    Occlusion,
+    draw_look,
+    look_for,
+    occlusion_for,
+    second_camera_looked,
+)
+from models.datasets import read_folder, read_image_bgr
 from tests.conftest import shared_path
 
 
@@ -55,3 +63,42 @@ def test_apply_changes_tone_colour_and_detail(crop) -> None:
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="uint8 BGR"):
         look_for("x", 0, 0).apply(np.zeros((8, 8), np.uint8))
+
+
+def test_occlusion_covers_one_side_with_the_other_person(crop) -> None:
+    other = np.full((40, 20, 3), 7, np.uint8)
+    h, w = crop.shape[:2]
+    left = Occlusion("left", 0.5).apply(crop, other)
+    k = round(w * 0.5)
+    assert (left[:, :k] == 7).all() and np.array_equal(left[:, k:], crop[:, k:])
+    bottom = Occlusion("bottom", 0.25).apply(crop, other)
+    kb = round(h * 0.25)
+    assert (bottom[h - kb :] == 7).all() and np.array_equal(bottom[: h - kb], crop[: h - kb])
+    with pytest.raises(ValueError, match="side"):
+        Occlusion("top", 0.3).apply(crop, other)
+
+
+def test_occlusion_draw_is_deterministic_and_never_picks_outside_the_pool() -> None:
+    pool = [f"p{i}" for i in range(5)]
+    a = occlusion_for("001/01_1.png", 0, pool)
+    assert a == occlusion_for("001/01_1.png", 0, pool) and a[1] in pool
+    draws = [occlusion_for(f"k{i}", 0, pool)[0] for i in range(60)]
+    assert {d.side for d in draws} == {"left", "right", "bottom"}
+    assert all(0.25 <= d.fraction <= 0.5 for d in draws)
+
+
+def test_second_camera_looked_changes_only_the_later_cameras(tmp_path) -> None:
+    pku = shared_path("data/pku-reid")
+    recs = [r for r in read_folder(pku).gallery if r.tracklet_id.split("/")[0] in ("001", "003")]
+    out = second_camera_looked(recs, 1000, tmp_path)
+    assert [r.tracklet_id for r in out] == [r.tracklet_id for r in recs]
+    for before, after in zip(recs, out, strict=True):
+        first = min(r.camid for r in recs if r.pid == before.pid)
+        if before.camid == first:
+            assert after == before
+            continue
+        assert all(str(tmp_path) in p for p in after.paths) and len(after.paths) == len(before.paths)
+        want = look_for(before.tracklet_id, 0, 1000).apply(read_image_bgr(before.paths[0]))
+        np.testing.assert_array_equal(read_image_bgr(after.paths[0]), want)
+    again = second_camera_looked(recs, 1000, tmp_path)  # cached: the same files
+    assert [r.paths for r in again] == [r.paths for r in out]

@@ -42,3 +42,20 @@ def test_unlike_changes_only_the_right_camera(both_looks) -> None:
         pa, pb = read_image_bgr(a.paths[0]), read_image_bgr(b.paths[0])
         assert pa.shape == pb.shape
         assert np.array_equal(pa, pb) == (a.camid == 0), a.tracklet_id
+
+
+def test_pieces_cut_each_tracklet_in_order_without_losing_a_crop(tmp_path_factory) -> None:
+    root = shared_path("data/pets09-splitview-dev")
+    shared_path("data/vtest/vtest.avi")
+    cache = tmp_path_factory.mktemp("splitview-pieces")
+    whole = read_splitview(root, cache_dir=cache, every=10).query
+    pieces = read_splitview(root, cache_dir=cache, every=10, piece=3).query
+    assert len(pieces) > len(whole)
+    for w in whole:
+        mine = [p for p in pieces if p.tracklet_id.split("#")[0] == w.tracklet_id]
+        assert [p.tracklet_id for p in mine] == [f"{w.tracklet_id}#{k}" for k in range(len(mine))]
+        assert sum((p.paths for p in mine), ()) == w.paths  # consecutive, nothing lost or repeated
+        assert {(p.pid, p.camid) for p in mine} == {(w.pid, w.camid)}
+        assert len(mine) == max(1, round(len(w.paths) / 3))
+    with pytest.raises(ValueError, match="piece"):
+        read_splitview(root, cache_dir=cache, every=10, piece=0)
