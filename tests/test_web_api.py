@@ -7,6 +7,7 @@ checkpoint (the model the run uses), JPEG crops and an attention picture per tra
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
@@ -295,6 +296,22 @@ def test_a_stored_sightings_crop_finds_its_identity_first(client, built, person)
     body = got.json()
     assert body["model"] == built.model
     assert body["results"][0]["identity_id"] == built.identities[person]
+
+
+def test_the_search_page_shows_what_was_searched_for(client, built):
+    crop = built.crops[(PERSONS[0], "cam02")][2]
+    html = client.post("/search", files={"crop": ("crop.jpg", _jpeg(crop), "image/jpeg")}).text
+    m = re.search(r'<img id="query" class="thumb" src="data:image/jpeg;base64,([^"]+)"', html)
+    assert m, html[-2000:]
+    shown = cv2.imdecode(np.frombuffer(base64.b64decode(m.group(1)), np.uint8), cv2.IMREAD_COLOR)
+    assert shown.shape[0] == 128 and abs(shown.shape[1] / 128 - crop.shape[1] / crop.shape[0]) < 0.05
+    small = cv2.resize(crop, (shown.shape[1], 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(shown.astype(int) - small.astype(int)).mean() < 8  # the upload itself, not another picture
+    tid = built.tracklets[("007", "cam01")]
+    picked = client.get("/search", params={"tracklet_id": tid}).text
+    assert f'<img id="query" class="thumb" src="/pictures/{tid}/crop/0"' in picked
+    bad = client.post("/search", files={"crop": ("x.jpg", b"not an image", "image/jpeg")}).text
+    assert 'id="query"' not in bad and 'id="error"' in bad
 
 
 def test_picking_a_sighting_finds_its_identity_first(client, built):

@@ -33,7 +33,14 @@ from starlette.concurrency import run_in_threadpool
 from common.redact import redact_text, redact_url, url_secrets
 from pipeline.web import data
 from pipeline.web.chart import timeline_svg
-from pipeline.web.search import CropEmbedder, ModelUnavailable, rank_identities, run_model, stored_embedding
+from pipeline.web.search import (
+    CropEmbedder,
+    ModelUnavailable,
+    query_thumbnail,
+    rank_identities,
+    run_model,
+    stored_embedding,
+)
 from storage.db import Store
 
 __all__ = ["TOKEN_ENV", "TokenRuleError", "create_app", "check_token_rule", "is_loopback"]
@@ -363,13 +370,15 @@ def create_app(
 
     @app.post("/search", response_class=HTMLResponse, include_in_schema=False)
     async def search_upload(request: Request, crop: Crop, s: DB) -> HTMLResponse:
-        result, error = None, None
+        result, error, shown = None, None, None
+        raw = await crop.read()
         try:
-            result = await run_in_threadpool(
-                _search_crop, s, await crop.read()
-            )  # the model runs off the event loop
+            result = await run_in_threadpool(_search_crop, s, raw)  # the model runs off the event loop
+            shown = await run_in_threadpool(query_thumbnail, raw)
         except HTTPException as e:
             error = e.detail
-        return page(request, "search.html", result=result, error=error, model=run_model(s), live=False)
+        return page(
+            request, "search.html", result=result, error=error, model=run_model(s), live=False, shown=shown
+        )
 
     return app

@@ -8,9 +8,11 @@ otherwise :class:`ModelUnavailable` says so.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections import Counter
 
+import cv2
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -18,7 +20,14 @@ from sqlalchemy.orm import Session
 from storage import repository as repo
 from storage.models import EmbeddingRow
 
-__all__ = ["CropEmbedder", "ModelUnavailable", "rank_identities", "run_model", "stored_embedding"]
+__all__ = [
+    "CropEmbedder",
+    "ModelUnavailable",
+    "query_thumbnail",
+    "rank_identities",
+    "run_model",
+    "stored_embedding",
+]
 
 
 class ModelUnavailable(LookupError):
@@ -100,3 +109,18 @@ class CropEmbedder:
             with torch.no_grad():
                 out = self._model.embed(x)
         return out.embeddings[0].float().cpu().numpy()
+
+
+def query_thumbnail(upload: bytes, height: int = 128) -> str | None:
+    """The uploaded crop as a small JPEG data URI, shown beside its results (never stored); None if it does not
+    decode."""
+    image = cv2.imdecode(np.frombuffer(upload, np.uint8), cv2.IMREAD_COLOR) if upload else None
+    if image is None:
+        return None
+    h, w = image.shape[:2]
+    width = max(1, round(w * height / h))
+    small = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
+    )
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
