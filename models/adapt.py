@@ -2,6 +2,7 @@
 
     python -m models.adapt --run OUT_DIR --cams cams.yaml [--cameras left] --out adapted.pt
                            [--checkpoint IN.pt] [--steps 150]
+    python -m models.adapt --db sqlite:///run.db [--schema NAME] [--cameras left] --out adapted.pt
 
 What it believes (and nothing more):
 
@@ -28,10 +29,16 @@ adapts silently). No labelled pairs exist on the adapted cameras, so the thresho
 checkpoint, not recalibrated, and ``meta["threshold_source"]`` says so; ``meta["adaptation"]`` records the
 run, the pair counts and the mean cosine of positive and negative pairs before and after.
 
-Input: the run's ``--out DIR`` files (``<camera>.txt`` MOT rows with the tracker's boxes, frames 1-based;
-``<camera>_tracklets.jsonl`` with each chunk's 0-based ``first_frame``/``last_frame``) and the footage the run
-read (sources from the run's cams.yaml), re-cropped here: always available, unlike the stored pictures of
-older SQL stores (at most 3 per tracklet).
+Input, exactly one of:
+
+- ``--run DIR --cams cams.yaml``: the run's ``--out DIR`` files (``<camera>.txt`` MOT rows with the tracker's
+  boxes, frames 1-based; ``<camera>_tracklets.jsonl`` with each chunk's 0-based ``first_frame``/``last_frame``)
+  and the footage the run read (sources from the run's cams.yaml), re-cropped here (up to ``max_crops`` per
+  chunk);
+- ``--db URL``: the run's SQL store alone (:func:`read_store`): the crop pictures the re-ID worker kept
+  (``tracklet_pictures``, at most ``reid.picture_crops``, default 3, per tracklet) and the spans of
+  ``tracklets``, co-occurrence within one camera and one ``session_key`` (camera worker run). For when the
+  footage is gone; fewer crops per chunk.
 """
 
 from __future__ import annotations
