@@ -122,7 +122,9 @@ def build_clips(variant: str, folder: Path, *, first: int = 1, frames: int = FRA
         for i in tqdm(range(first - 1, first - 1 + frames), desc=f"clips ({variant})", unit="frame"):
             ok, frame = cap.read()
             if not ok:
-                raise RuntimeError(f"{VTEST}: frame {i + 1} unreadable (expected {first + frames - 1} frames)")
+                raise RuntimeError(
+                    f"{VTEST}: frame {i + 1} unreadable (expected {first + frames - 1} frames)"
+                )
             for cam, (x0, x1) in CAMERAS.items():
                 view = np.ascontiguousarray(frame[:, x0:x1])
                 transform = VARIANTS[variant][cam]
