@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections import defaultdict
 
 import cv2
@@ -38,7 +39,9 @@ from models.adapt import (
 )
 from models.checkpoint import DEFAULT_CHECKPOINT, load_drsta, read_checkpoint
 from models.datasets import read_image_bgr
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, pg_unreachable, shared_path
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # (track id, camera, pku id, pku camera, [(chunk, first_frame, last_frame, images 1-8)])
 LAYOUT = [
@@ -375,3 +378,41 @@ def test_cli_input_errors_are_one_line(store_run, tmp_path, capsys, args, messag
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message.replace("MISSING", "missing") in err
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_read_store_from_postgresql_gives_what_sqlite_gives(store_run):
+    """The same stored run copied row for row into a fresh PostgreSQL schema reads back identically."""
+    if reason := pg_unreachable():
+        pytest.skip(reason)
+    import sqlalchemy as sa
+
+    from storage.db import open_store
+    from storage.models import CameraRow, TrackletPictureRow, TrackletRow
+
+    db, _, _ = store_run
+    schema = f"adapt_{uuid.uuid4().hex[:10]}"
+    pg = open_store(PG_URL, schema=schema)  # creates the schema and the tables
+    lite = sa.create_engine(db)
+    try:
+        with lite.connect() as src, pg.engine.begin() as dst:
+            for row in (CameraRow, TrackletRow, TrackletPictureRow):
+                table = row.__table__
+                rows = [dict(r._mapping) for r in src.execute(sa.select(table))]
+                dst.execute(sa.insert(table), rows)
+        got = read_store(PG_URL, schema=schema)
+    finally:
+        lite.dispose()
+        with pg.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        pg.dispose()
+    want = read_store(db)
+    key = lambda t: (t.camera, t.session, t.track_id, t.chunk)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want)) and len(want) >= 10
+    by_key = {key(t): t for t in got}
+    for t in want:
+        g = by_key[key(t)]
+        assert (g.first_frame, g.last_frame) == (t.first_frame, t.last_frame)
+        assert len(g.crops) == len(t.crops) and all(
+            np.array_equal(a, b) for a, b in zip(g.crops, t.crops, strict=True)
+        )
+    assert build_pairs(got).negative.shape == build_pairs(want).negative.shape
