@@ -159,17 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "reid-adapt-gain")
     args = ap.parse_args(argv)
     ids_file = args.ids or args.checkpoint.with_suffix(".json")
-    for need in (
-        args.checkpoint,
-        ids_file,
-        VTEST,
-        SPLIT / "gt_left.txt",
-        SPLIT / "gt_right.txt",
-        DETECTOR,
-        PKU,
-    ):
+    if not args.checkpoint.is_file():
+        print(f"error: --checkpoint {args.checkpoint}: not found", file=sys.stderr)
+        return 2
+    if not ids_file.is_file():
+        print(
+            f"error: PKU val ids: {ids_file} not found (give --ids FILE.json with val_ids)", file=sys.stderr
+        )
+        return 2
+    for need in (VTEST, SPLIT / "gt_left.txt", SPLIT / "gt_right.txt", DETECTOR, PKU):
         if not need.exists():
-            print(f"error: not found: {need}", file=sys.stderr)
+            print(f"error: not found: {need} (../shared next to this checkout)", file=sys.stderr)
             return 2
     from models.evaluate import parse_ids
 
