@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: not found: {need} (../shared next to this checkout)", file=sys.stderr)
             return 2
     from models.evaluate import parse_ids
+    from models.runtime import configure_torch
+
+    configure_torch()  # the thread settings models.evaluate uses
 
     try:
         pku_ids = parse_ids(str(ids_file))
