@@ -100,13 +100,18 @@ VARIANTS: dict[str, dict[str, Callable[[np.ndarray], np.ndarray] | None]] = {
 }
 
 
-def build_clips(variant: str, folder: Path) -> dict[str, Path]:
-    """Write ``folder/<camera>.avi`` for ``variant`` (frames 1..400 of vtest.avi); reuse finished clips."""
+def build_clips(variant: str, folder: Path, *, first: int = 1, frames: int = FRAMES) -> dict[str, Path]:
+    """Write ``folder/<camera>.avi`` for ``variant`` (frames ``first`` .. ``first + frames - 1`` of vtest.avi,
+    1-based; default 1..400, the labelled dev frames); reuse finished clips."""
     paths = {cam: folder / f"{cam}.avi" for cam in CAMERAS}
     if all(p.is_file() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
     cap = cv2.VideoCapture(str(VTEST))
+    for i in range(first - 1):  # decode and drop: exact where seeking an AVI may not be
+        if not cap.read()[0]:
+            cap.release()
+            raise RuntimeError(f"{VTEST}: frame {i + 1} unreadable (expected at least {first} frames)")
     parts = {cam: p.with_suffix(".part.avi") for cam, p in paths.items()}
     writers = {
         cam: cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"FFV1"), FPS, (x1 - x0, 576))
@@ -114,10 +119,12 @@ def build_clips(variant: str, folder: Path) -> dict[str, Path]:
         for x0, x1 in [CAMERAS[cam]]
     }
     try:
-        for i in tqdm(range(FRAMES), desc=f"clips ({variant})", unit="frame"):
+        for i in tqdm(range(first - 1, first - 1 + frames), desc=f"clips ({variant})", unit="frame"):
             ok, frame = cap.read()
             if not ok:
-                raise RuntimeError(f"{VTEST}: frame {i + 1} unreadable (expected {FRAMES} frames)")
+                raise RuntimeError(
+                    f"{VTEST}: frame {i + 1} unreadable (expected {first + frames - 1} frames)"
+                )
             for cam, (x0, x1) in CAMERAS.items():
                 view = np.ascontiguousarray(frame[:, x0:x1])
                 transform = VARIANTS[variant][cam]

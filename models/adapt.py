@@ -2,6 +2,7 @@
 
     python -m models.adapt --run OUT_DIR --cams cams.yaml [--cameras left] --out adapted.pt
                            [--checkpoint IN.pt] [--steps 150]
+    python -m models.adapt --db sqlite:///run.db [--schema NAME] [--cameras left] --out adapted.pt
 
 What it believes (and nothing more):
 
@@ -28,10 +29,16 @@ adapts silently). No labelled pairs exist on the adapted cameras, so the thresho
 checkpoint, not recalibrated, and ``meta["threshold_source"]`` says so; ``meta["adaptation"]`` records the
 run, the pair counts and the mean cosine of positive and negative pairs before and after.
 
-Input: the run's ``--out DIR`` files (``<camera>.txt`` MOT rows with the tracker's boxes, frames 1-based;
-``<camera>_tracklets.jsonl`` with each chunk's 0-based ``first_frame``/``last_frame``) and the footage the run
-read (sources from the run's cams.yaml), re-cropped here: always available, unlike the stored pictures of
-older SQL stores (at most 3 per tracklet).
+Input, exactly one of:
+
+- ``--run DIR --cams cams.yaml``: the run's ``--out DIR`` files (``<camera>.txt`` MOT rows with the tracker's
+  boxes, frames 1-based; ``<camera>_tracklets.jsonl`` with each chunk's 0-based ``first_frame``/``last_frame``)
+  and the footage the run read (sources from the run's cams.yaml), re-cropped here (up to ``max_crops`` per
+  chunk);
+- ``--db URL``: the run's SQL store alone (:func:`read_store`): the crop pictures the re-ID worker kept
+  (``tracklet_pictures``, at most ``reid.picture_crops``, default 3, per tracklet) and the spans of
+  ``tracklets``, co-occurrence within one camera and one ``session_key`` (camera worker run). For when the
+  footage is gone; fewer crops per chunk.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import cv2
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from models.backbones import preprocess_crops
 from models.checkpoint import (
@@ -268,7 +276,7 @@ def adapt_head(model: DRSTA, tracklets: list[RunTracklet], cfg: AdaptConfig) -> 
     losses = []
     grids = torch.cat([_view_grid(maps, c, n) for c in pairs.view_crops])
     start_pos, start_neg = _pair_cos(emb_before, pos), _pair_cos(emb_before, neg)
-    for _ in range(cfg.steps):
+    for _ in tqdm(range(cfg.steps), desc="adapting the head", unit="step"):
         model.train()
         model.backbone.eval()
         emb = model.forward_features(grids, n).embeddings
@@ -387,6 +395,92 @@ def read_run(
     return result
 
 
+def read_store(url: str, *, cameras: list[str] | None = None, schema: str | None = None) -> list[RunTracklet]:
+    """The tracklets of a finished run's SQL store (SQLite or PostgreSQL), with their stored crops.
+
+    One :class:`RunTracklet` per ``tracklets`` row that has ``tracklet_pictures`` of kind ``'crop'`` (the
+    re-ID worker keeps the ``reid.picture_crops`` crops its temporal attention weighted most, default 3,
+    already cut with the pipeline's crop rule), crops decoded from JPEG and put in frame order; session =
+    ``tracklets.session_key`` (one camera worker run), frames = ``first_frame``/``last_frame`` (0-based, as
+    ``<camera>_tracklets.jsonl``), so :func:`co_occurring_tracks` compares spans within one camera and one
+    run. Tracklets without pictures (``reid.picture_crops: 0``, or forgotten) are skipped. ``cameras``
+    keeps those cameras only.
+
+    Raises FileNotFoundError for a SQLite file that does not exist (opening would create it), KeyError for a
+    camera the store does not have, ValueError for a store without crop pictures or an undecodable JPEG, and
+    ``storage.db.StoreError`` (one line, password redacted) when the store cannot be opened.
+    """
+    import sqlalchemy as sa  # the store is needed by this input only
+
+    from storage.db import open_store
+    from storage.models import TrackletPictureRow, TrackletRow
+
+    parsed = sa.engine.make_url(url) if "://" in url else None
+    if parsed is None:
+        raise ValueError(f"--db {url!r}: not an SQLAlchemy URL (e.g. sqlite:///run.db)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise FileNotFoundError(f"{parsed.database}: database not found")
+    t, p = TrackletRow.__table__, TrackletPictureRow.__table__
+    store = open_store(url, schema=schema)
+    try:
+        with store.session(readonly=True) as s:
+            known = sorted(s.execute(sa.select(t.c.camera_id).distinct()).scalars())
+            for cam in cameras or []:
+                if cam not in known:
+                    raise KeyError(f"camera {cam!r}: not in the store (it has {known})")
+            stmt = (
+                sa.select(
+                    t.c.id,
+                    t.c.camera_id,
+                    t.c.session_key,
+                    t.c.track_id,
+                    t.c.chunk,
+                    t.c.first_frame,
+                    t.c.last_frame,
+                    p.c.frame_index,
+                    p.c.jpeg,
+                )
+                .select_from(t.join(p, p.c.tracklet_id == t.c.id))
+                .where(p.c.kind == "crop")
+                .order_by(t.c.camera_id, t.c.session_key, t.c.track_id, t.c.chunk, p.c.frame_index, p.c.rank)
+            )
+            if cameras:
+                stmt = stmt.where(t.c.camera_id.in_(cameras))
+            rows = s.execute(stmt).all()
+    finally:
+        store.dispose()
+    by_tracklet: dict[int, list[Any]] = defaultdict(list)
+    for r in rows:
+        by_tracklet[int(r.id)].append(r)
+    if not by_tracklet:
+        raise ValueError(
+            f"{store.url}: no tracklet has stored crop pictures (a run with reid.picture_crops 0, or none "
+            "finished); use --run with the footage instead"
+        )
+    result = []
+    for tid, rs in by_tracklet.items():
+        crops = []
+        for r in rs:
+            img = cv2.imdecode(np.frombuffer(bytes(r.jpeg), np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ValueError(f"{store.url}: tracklet {tid}: picture of frame {r.frame_index} is no JPEG")
+            crops.append(img)
+        r = rs[0]
+        result.append(
+            RunTracklet(
+                str(r.session_key),
+                str(r.camera_id),
+                int(r.track_id),
+                int(r.chunk),
+                int(r.first_frame),
+                int(r.last_frame),
+                tuple(crops),
+            )
+        )
+    return result
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -461,11 +555,20 @@ _FLAGS = tuple(AdaptConfig.__dataclass_fields__)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from common.redact import redact_url
     from pipeline.config.schema import TrackletConfig  # the pipeline's default, written once there
+    from storage.db import StoreError
 
     ap = argparse.ArgumentParser(prog="python -m models.adapt", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="the finished run's --out folder")
-    ap.add_argument("--cams", required=True, help="the run's cams.yaml (footage sources)")
+    ap.add_argument(
+        "--run", help="the finished run's --out folder (with --cams; crops re-cut from the footage)"
+    )
+    ap.add_argument("--cams", help="the run's cams.yaml (footage sources), with --run")
+    ap.add_argument(
+        "--db",
+        help="instead of --run/--cams: the run's SQL store URL (its stored crop pictures), e.g. sqlite:///run.db",
+    )
+    ap.add_argument("--schema", help="with --db: the PostgreSQL schema of the store (default: none)")
     ap.add_argument("--cameras", nargs="+", help="adapt on these cameras only (default: all in the run)")
     ap.add_argument("--checkpoint", help="head to start from (default: the project's default checkpoint)")
     ap.add_argument("--out", required=True, help="the new checkpoint (.pt); never the input")
@@ -479,6 +582,18 @@ def main(argv: list[str] | None = None) -> int:
         default = AdaptConfig.__dataclass_fields__[f].default
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
     args = ap.parse_args(argv)
+    problem = None
+    if (args.db is None) == (args.run is None):
+        problem = "give exactly one input: --db URL, or --run OUT_DIR with --cams cams.yaml"
+    elif args.db is not None and args.cams is not None:
+        problem = "--cams goes with --run (a --db store holds its own crops)"
+    elif args.run is not None and args.cams is None:
+        problem = "--run needs --cams (the run's cams.yaml, to find the footage)"
+    elif args.schema is not None and args.db is None:
+        problem = "--schema goes with --db"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     configure_torch()
     cfg = AdaptConfig(**{f: getattr(args, f) for f in _FLAGS})
     src = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
@@ -488,19 +603,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        tracklets = read_run(
-            args.run,
-            sources_of(args.cams),
-            max_overlap=args.max_overlap,
-            cameras=args.cameras,
-            max_crops=cfg.max_crops,
-        )
+        if args.db is not None:
+            tracklets = read_store(args.db, cameras=args.cameras, schema=args.schema)
+            run = redact_url(args.db)
+        else:
+            tracklets = read_run(
+                args.run,
+                sources_of(args.cams),
+                max_overlap=args.max_overlap,
+                cameras=args.cameras,
+                max_crops=cfg.max_crops,
+            )
+            run = str(args.run)
         model = load_drsta(src)
         model, summary = adapt_head(model, tracklets, cfg)
         summary["cameras"] = sorted({t.camera for t in tracklets})
-        path = write_adapted(model, src, args.out, summary, str(args.run))
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
+        summary["input"] = "db" if args.db is not None else "run"
+        path = write_adapted(model, src, args.out, summary, run)
+    except (CheckpointError, FileNotFoundError, ValueError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # str(KeyError) quotes its message
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     print(json.dumps({"out": str(path), **summary}, indent=2))
     return 0
