@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import pytest
 
+from pipeline.web.launch import serve_in_background
 from storage import repository as repo
 from storage.db import open_store
 from tests.test_web_api import CAMERAS, REPO, T0, Built, add_person, build_store
@@ -33,41 +32,14 @@ FIRST = ("007", "052", "011")  # stored before the browser opens
 LATER = "023"  # written while the pages are open
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Built:
     return build_store(tmp_path_factory.mktemp("webui") / "run.db", FIRST)
 
 
-def _serve(url: str) -> tuple[subprocess.Popen, str]:
-    """The real server on a free loopback port, refreshing pages every second; returns (process, base URL)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.web", "--db", url, "--port", str(port), "--refresh", "1"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(base + "/api/version", timeout=2).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-    return proc, base
-
-
 @pytest.fixture(scope="module")
 def server(built):
-    proc, base = _serve(built.url)
+    proc, base = serve_in_background(built.url, refresh_s=1)
     yield base
     proc.terminate()
     proc.wait(timeout=10)
@@ -233,7 +205,7 @@ def test_pages_follow_a_real_run_as_it_writes(browser, tmp_path):
         while not db.exists():
             assert run.poll() is None and time.monotonic() < deadline, "the run did not create its store"
             time.sleep(0.5)
-        server, base = _serve(f"sqlite:///{db}")
+        server, base = serve_in_background(f"sqlite:///{db}", refresh_s=1)
         browser.get(base + "/identities")
         before = _rows(browser)
         WebDriverWait(browser, 300, poll_frequency=0.5).until(lambda d: _rows(d) > before)

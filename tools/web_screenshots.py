@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,35 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.web.launch import serve_in_background  # noqa: E402
 from storage import repository as repo  # noqa: E402
 from storage.db import StoreError, open_store  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(db: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.web", "--db", db, "--port", str(port), "--refresh", "0"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(base + "/api/version", timeout=2).close()
-            return proc, base
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("the web server did not start") from None
-            time.sleep(0.3)
 
 
 def _browser(width: int, height: int):
@@ -160,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         identity, sighting, camera, since, until = _choose(args.db, args.identity, args.sighting)
-        proc, base = _serve(args.db)
+        proc, base = serve_in_background(args.db, refresh_s=0)
     except (ValueError, StoreError, RuntimeError) as err:
         print(f"web_screenshots: error: {err}", file=sys.stderr)
         return 2
