@@ -38,26 +38,32 @@ def _box(base: tuple[int, int, int, int], frame: int) -> tuple[float, float, flo
     return (x1 + 2 * frame, y1, x2 + 2 * frame, y2)
 
 
+def _add_track(s, camera: str, track_id: int, base) -> int:
+    """One FRAMES-long tracklet of run RUN with its per-frame boxes moving from ``base``; its id."""
+    tid = repo.add_tracklet(
+        s,
+        session_key=RUN,
+        camera_id=camera,
+        track_id=track_id,
+        chunk=0,
+        first_frame=0,
+        last_frame=FRAMES - 1,
+        start_time=T0,
+        end_time=T0.timestamp() + (FRAMES - 1) / 10,
+        num_frames=FRAMES,
+    )
+    boxes = np.array([_box(base, f) for f in range(FRAMES)], np.float32)
+    repo.add_boxes(s, tid, TrackBoxes(np.arange(FRAMES), boxes))
+    return tid
+
+
 def _store(tmp_path: Path, vtest: Path) -> Store:
     store = open_store(f"sqlite:///{tmp_path / 'reid.db'}")
     with store.session() as s:
         for cam in ("cam1", "cam2"):
             repo.upsert_camera(s, cam, str(vtest), T0)
         for cam, track_id, identity, base in TRACKS:
-            tid = repo.add_tracklet(
-                s,
-                session_key=RUN,
-                camera_id=cam,
-                track_id=track_id,
-                chunk=0,
-                first_frame=0,
-                last_frame=FRAMES - 1,
-                start_time=T0,
-                end_time=T0.timestamp() + (FRAMES - 1) / 10,
-                num_frames=FRAMES,
-            )
-            boxes = np.array([_box(base, f) for f in range(FRAMES)], np.float32)
-            repo.add_boxes(s, tid, TrackBoxes(np.arange(FRAMES), boxes))
+            tid = _add_track(s, cam, track_id, base)
             if identity is not None:
                 repo.ensure_identity(s, identity, created_at=T0)
                 repo.add_sighting(s, tid, identity, None, T0)
@@ -261,20 +267,7 @@ def cropped_store(tmp_path: Path, vtest: Path):
     store = open_store(f"sqlite:///{tmp_path / 'cropped.db'}")
     with store.session() as s:
         repo.upsert_camera(s, "right", str(vtest), T0, crop=RIGHT, frame_size=(340, 576))
-        tid = repo.add_tracklet(
-            s,
-            session_key=RUN,
-            camera_id="right",
-            track_id=1,
-            chunk=0,
-            first_frame=0,
-            last_frame=FRAMES - 1,
-            start_time=T0,
-            end_time=T0.timestamp() + (FRAMES - 1) / 10,
-            num_frames=FRAMES,
-        )
-        boxes = np.array([_box(RIGHT_BOX, f) for f in range(FRAMES)], np.float32)
-        repo.add_boxes(s, tid, TrackBoxes(np.arange(FRAMES), boxes))
+        tid = _add_track(s, "right", 1, RIGHT_BOX)
         repo.ensure_identity(s, 7, created_at=T0)
         repo.add_sighting(s, tid, 7, None, T0)
         s.commit()
