@@ -125,7 +125,8 @@ def build_store(path: Path | str, persons=PERSONS, *, t0: float = T0, schema: st
     try:
         with store.session() as s:
             for k, camera in enumerate(CAMERAS):
-                repo.upsert_camera(s, camera, f"rtsp://viewer:s3cret-cam@10.0.0.{k + 1}/stream", t0)
+                view = {"crop": (100, 0, 740, 576), "frame_size": (640, 576)} if k == 1 else {}
+                repo.upsert_camera(s, camera, f"rtsp://viewer:s3cret-cam@10.0.0.{k + 1}/stream", t0, **view)
                 repo.update_camera_health(
                     s,
                     camera,
@@ -235,6 +236,10 @@ def test_cameras_health_events_and_who_was_seen(client, built):
     assert set(cams) == set(CAMERAS)
     assert cams["cam01"]["connected"] is True and cams["cam01"]["fps"] == 12.5
     assert cams["cam02"]["connected"] is False and cams["cam02"]["events"] == 2
+    assert cams["cam01"]["crop"] is None and cams["cam02"]["crop"] == [100, 0, 740, 576]  # a zone of a view
+    assert cams["cam02"]["frame_size"] == [640, 576]
+    page = client.get("/cameras").text
+    assert "whole frame" in page and "crop 100, 0, 740, 576 of the source (640x576)" in page
     history = client.get("/api/cameras/cam02").json()["history"]
     assert [e["event"] for e in history] == ["reconnected", "disconnected"]
     seen = client.get("/api/cameras/cam02/seen", params={"since": T0 + 80, "until": T0 + 145}).json()

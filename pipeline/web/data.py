@@ -165,6 +165,8 @@ def _camera(row: CameraRow) -> dict:
     return {
         "camera_id": row.id,
         "source": None if row.source is None else redact_url(row.source),
+        "crop": None if row.crop is None else [int(v) for v in row.crop],  # [x1, y1, x2, y2] of the source
+        "frame_size": None if row.frame_width is None else [row.frame_width, row.frame_height],
         "connected": row.connected,
         "fps": row.fps,
         "frames": row.frames,
