@@ -63,3 +63,16 @@ def pku_root() -> Path:
 @pytest.fixture
 def osnet_msmt17() -> Path:
     return shared_path("assets/reid/osnet_x0_25/osnet_x0_25_msmt17.pth")
+
+
+@pytest.fixture(autouse=True)
+def _no_flushed_denormals_after_a_test():
+    """Entry points called in-process (``main([...])``) run ``models.runtime.configure_torch``, which makes
+    the whole process flush denormal floats to zero; later tests (hypothesis' float strategies) must not
+    inherit that, so it is switched back off after every test."""
+    yield
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_flush_denormal(False)
