@@ -8,7 +8,6 @@ to a temporary folder (the docs/web_*.png of docs/web.md are made from a real ru
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from pipeline.web.launch import serve_in_background
+from pipeline.web.launch import NoBrowser, offline_chromium, serve_in_background
 from storage import repository as repo
 from storage.db import open_store
 from tests.test_web_api import CAMERAS, REPO, T0, Built, add_person, build_store
@@ -47,24 +46,10 @@ def server(built):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("needs Debian's chromium and chromium-driver (make setup installs them)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        # offline: no host but the test server's resolves, so a page that needs the Internet shows it
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(30)
+    try:
+        driver = offline_chromium(1280, 1000, page_load_timeout_s=30)
+    except NoBrowser as e:
+        pytest.skip(str(e))
     yield driver
     driver.quit()
 

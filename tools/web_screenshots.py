@@ -19,7 +19,6 @@ checkout's code.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import urllib.request
@@ -29,32 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.web.launch import serve_in_background  # noqa: E402
+from pipeline.web.launch import NoBrowser, offline_chromium, serve_in_background  # noqa: E402
 from storage import repository as repo  # noqa: E402
 from storage.db import StoreError, open_store  # noqa: E402
-
-
-def _browser(width: int, height: int):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        raise RuntimeError("needs Debian's chromium and chromium-driver (make setup installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        f"--window-size={width},{height}",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ):
-        options.add_argument(arg)
-    b = webdriver.Chrome(service=Service(driver), options=options)
-    b.set_page_load_timeout(60)
-    return b
 
 
 def _shoot(browser, out: Path, name: str, width: int, max_height: int) -> str:
@@ -140,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
-        browser = _browser(args.width, 1000)
+        browser = offline_chromium(args.width, 1000, hide_scrollbars=True)
         shoot = lambda name: print(_shoot(browser, out, name, args.width, args.max_height))  # noqa: E731
         browser.get(base + "/identities")
         shoot("identities")
@@ -165,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"search: crop of tracklet {sighting} (identity {identity}) -> first result identity {top}")
             shoot("search")
         print(f"identity page: #{identity}; camera page: {camera} {since:.0f}..{until:.0f}")
+    except NoBrowser as err:
+        print(f"web_screenshots: error: {err}", file=sys.stderr)
+        return 2
     finally:
         if browser is not None:
             browser.quit()

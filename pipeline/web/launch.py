@@ -7,6 +7,7 @@ not answer in time. The caller stops the process.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,3 +54,30 @@ def serve_in_background(
                 proc.wait(timeout=10)
                 raise RuntimeError(f"the web server did not start on {base} within {timeout_s:g} s") from None
             time.sleep(0.2)
+
+
+class NoBrowser(RuntimeError):
+    """Debian's chromium or chromium-driver is not installed."""
+
+
+def offline_chromium(
+    width: int, height: int, *, page_load_timeout_s: float = 60.0, hide_scrollbars: bool = False
+):
+    """Headless Debian chromium driven by selenium, ``width`` x ``height``, offline: no host but 127.0.0.1
+    resolves, so a page that needs the Internet shows it. Raises ``NoBrowser`` when chromium or its driver is
+    missing. The caller quits it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        raise NoBrowser("needs Debian's chromium and chromium-driver (make setup installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    args = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"]
+    args += ["--hide-scrollbars"] if hide_scrollbars else []
+    for arg in [*args, "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]:
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.set_page_load_timeout(page_load_timeout_s)
+    return browser
