@@ -848,19 +848,13 @@ def passed_a_then_b(session: Session, camera_a: str, camera_b: str, within_s: fl
 _CHUNK = 500  # ids per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 
 
-@dataclass(frozen=True)
-class StoredPicture:
+@dataclass(frozen=True, kw_only=True)
+class StoredPicture(Picture):
     """A stored picture with its tracklet, camera and identity (None when the tracklet has no sighting)."""
 
     tracklet_id: int
     identity_id: int | None
     camera_id: str
-    kind: str
-    rank: int
-    frame_index: int
-    width: int
-    height: int
-    jpeg: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
