@@ -39,19 +39,26 @@ WORLD = {
 PER_TRACKLET = {"embeddings": 1, "tracklet_pictures": 4, "tracklet_boxes": 1, "tracklets": 1}
 
 
+def add_world(s) -> dict[str, int]:
+    """WORLD's tracklets, each with an embedding, 3 crops + 1 attention picture and per-frame boxes, and their
+    identities, in session ``s`` (not committed); returns name -> tracklet id."""
+    ids = {}
+    for name, (camera, track_id, start, end, identity) in WORLD.items():
+        tid = ids[name] = add(s, camera, track_id, start, end)
+        repo.add_embedding(s, tid, model="m", vector=[0.6, 0.8], part_visibility=[1.0, 0.5])
+        repo.add_pictures(s, tid, pictures(tid))
+        repo.add_boxes(s, tid, track(int(start * 10), 5, seed=tid))
+        if identity is not None:
+            assign(s, tid, identity)
+    return ids
+
+
 @pytest.fixture
 def world(store) -> dict[str, int]:
     """WORLD stored with an embedding, 3 crops + 1 attention picture and per-frame boxes per tracklet,
     plus camera health and match progress; returns name -> tracklet id."""
-    ids = {}
     with store.session() as s:
-        for name, (camera, track_id, start, end, identity) in WORLD.items():
-            tid = ids[name] = add(s, camera, track_id, start, end)
-            repo.add_embedding(s, tid, model="m", vector=[0.6, 0.8], part_visibility=[1.0, 0.5])
-            repo.add_pictures(s, tid, pictures(tid))
-            repo.add_boxes(s, tid, track(int(start * 10), 5, seed=tid))
-            if identity is not None:
-                assign(s, tid, identity)
+        ids = add_world(s)
         repo.add_health_event(s, "A", event="disconnected", time=T0 + 100)
         repo.save_progress(s, [repo.StreamProgress("run1", "A", 3, T0 + 10, False)], now=repo._utc(T0, "now"))
         s.commit()

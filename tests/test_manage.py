@@ -23,7 +23,7 @@ from storage import repository as repo
 from storage.db import open_store
 from tests.conftest import REDIS_URL, redis_unreachable
 from tests.queue_defaults import QUEUE
-from tests.test_forget_prune import PER_TRACKLET, WORLD, leftovers
+from tests.test_forget_prune import PER_TRACKLET, WORLD, add_world, leftovers
 from tests.test_pictures_store import pictures, table_counts, track
 from tests.test_storage import T0, add, assign, store, target
 
@@ -47,16 +47,9 @@ def db(tmp_path: Path) -> tuple[str, dict[str, int]]:
     attention picture and 5 per-frame boxes; camera A has a second run. Returns the URL and name -> id."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = open_store(url)
-    ids = {}
     try:
         with store.session() as s:
-            for name, (camera, track_id, start, end, identity) in WORLD.items():
-                tid = ids[name] = add(s, camera, track_id, start, end)
-                repo.add_embedding(s, tid, model="m", vector=[0.6, 0.8], part_visibility=[1.0, 0.5])
-                repo.add_pictures(s, tid, pictures(tid))
-                repo.add_boxes(s, tid, track(int(start * 10), 5, seed=tid))
-                if identity is not None:
-                    assign(s, tid, identity)
+            ids = add_world(s)
             s.commit()
     finally:
         store.dispose()
