@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -92,45 +92,6 @@ def look_for(key: str, index: int, seed: int, ranges: LookRanges = LookRanges())
     return draw_look(np.random.default_rng(int.from_bytes(digest[:8], "little")), ranges)
 
 
-@dataclass(frozen=True)
-class Occlusion:
-    """Another person standing in front: a band of ``other`` (resized to the crop) pasted over one side.
-
-    ``side`` is "left", "right" or "bottom"; ``fraction`` of the crop's width (left/right) or height (bottom)
-    is covered. Training only: gives the spatial and temporal attentions something to avoid, which clean
-    crops of one person never do.
-    """
-
-    side: str
-    fraction: float
-
-    def apply(self, crop_bgr: np.ndarray, other_bgr: np.ndarray) -> np.ndarray:
-        h, w = crop_bgr.shape[:2]
-        other = cv2.resize(other_bgr, (w, h), interpolation=cv2.INTER_AREA)
-        out = crop_bgr.copy()
-        if self.side == "left":
-            k = max(1, round(w * self.fraction))
-            out[:, :k] = other[:, w - k :]  # the other person's right side, entering from the left
-        elif self.side == "right":
-            k = max(1, round(w * self.fraction))
-            out[:, w - k :] = other[:, :k]
-        elif self.side == "bottom":
-            k = max(1, round(h * self.fraction))
-            out[h - k :] = other[:k]  # a nearer person's head and shoulders in front of the legs
-        else:
-            raise ValueError(f"side: expected left, right or bottom, got {self.side!r}")
-        return out
-
-
-def occlusion_for(path_key: str, seed: int, pool: list[str]) -> tuple[Occlusion, str]:
-    """The occlusion of one image (deterministic in its key) and the occluder drawn from ``pool``."""
-    digest = hashlib.sha256(f"occ/{seed}/{path_key}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    side = ("left", "right", "bottom")[int(rng.integers(3))]
-    fraction = float(rng.uniform(0.25, 0.5)) if side != "bottom" else float(rng.uniform(0.25, 0.45))
-    return Occlusion(side, fraction), pool[int(rng.integers(len(pool)))]
-
-
 def second_camera_looked(records: list, seed: int, cache_dir: str | Path) -> list:
     """Evaluation: every identity's cameras after its first seen through a random camera look.
 
@@ -139,8 +100,6 @@ def second_camera_looked(records: list, seed: int, cache_dir: str | Path) -> lis
     (outside the repository) and substituted for its paths. Pick a ``seed`` no training run uses, so the
     looks are ones no model was trained on.
     """
-    from dataclasses import replace
-
     first: dict[int, int] = {}
     for r in records:
         first[r.pid] = min(first.get(r.pid, r.camid), r.camid)

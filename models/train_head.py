@@ -13,7 +13,6 @@ if validation improves.
    (``models.camera_looks``: one draw per tracklet, as one camera), and a training tracklet is seen through
    one of them with ``look_prob``; the select ids are then also scored with each person's second camera
    through a look (keys ``"<frames>u"``), so the epoch is picked for robustness to unlike cameras too.
-   ``occlusion_prob`` > 0 adds occluded copies (another identity over one side of single frames).
 3. Training ids are the folder's identities minus ``val_ids`` (the held-out ids of the default checkpoint's
    split); ``select_fraction`` of them are set aside to pick the best epoch, so the validation ids decide
    only once, at the end: the trained head is kept when, at every ``eval_frames`` setting, it is at least
@@ -44,7 +43,7 @@ from tqdm import tqdm
 
 from models.backbones import build_backbone, preprocess_crops
 from models.calibrate import calibrate_threshold, cross_camera_pairs
-from models.camera_looks import look_for, occlusion_for
+from models.camera_looks import look_for
 from models.checkpoint import REPO_ROOT, resolve_device, save_checkpoint
 from models.datasets import PKSampler, TrackletRecord, read_folder, read_image_bgr, split_ids
 from models.drsta import DRSTA, DRSTAConfig
@@ -79,7 +78,6 @@ class HeadTrainConfig:
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
     looks: int = 0  # random camera looks cached per training-pool tracklet (models.camera_looks); 0: none
     look_prob: float = 0.5  # chance a training tracklet is seen through one of its looks
-    occlusion_prob: float = 0.0  # chance each training frame is partly covered by another person; 0: none
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
     head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
@@ -109,13 +107,6 @@ FLIP = 1  # variant index of the mirror image in a FeatureBank
 LOOK0 = 2  # variant index of a tracklet's first camera look (models.camera_looks)
 
 
-def occluded_variant(variant: int, looks: int) -> int:
-    """Bank index of the occluded copy of ``variant`` (0 or a look; the mirror image has none)."""
-    if variant == FLIP:
-        raise ValueError("the mirror image has no occluded copy")
-    return LOOK0 + looks + (0 if variant == 0 else 1 + variant - LOOK0)
-
-
 @dataclass
 class FeatureBank:
     """Cached backbone outputs: per image path, maps (V, D, h, w) float16 and own embeddings (V, E). Variant
@@ -126,12 +117,10 @@ class FeatureBank:
     grids: torch.Tensor
     embs: torch.Tensor
 
-    def take(self, paths: list[str], variant: int | list[int] = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps (F, D, h, w) and own embeddings (F, E) of ``paths``, each seen through ``variant`` (one for
-        all, or one per path)."""
+    def take(self, paths: list[str], variant: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (F, D, h, w) and own embeddings (F, E) of ``paths``, seen through ``variant``."""
         i = [self.index[p] for p in paths]
-        v = variant if isinstance(variant, list) else [variant] * len(i)
-        return self.grids[i, v].float(), self.embs[i, v]
+        return self.grids[i, variant].float(), self.embs[i, variant]
 
 
 def build_bank(
@@ -143,24 +132,18 @@ def build_bank(
     look_keys: dict[str, str] | None = None,
     looks: int = 0,
     seed: int = 0,
-    occlude: bool = False,
 ) -> FeatureBank:
     """Load ``cache_file`` if it holds exactly these paths, else compute (progress bar) and save it.
 
     ``look_keys`` maps a path to its tracklet's key; those paths also get ``looks`` camera looks, the j-th
-    drawn by ``look_for(key, j, seed)`` (one draw per tracklet, as one camera). With ``occlude`` they also get
-    an occluded copy of the image and of every look (``occluded_variant``): a band of another identity's
-    image over one side (``occlusion_for``), before the look, as the occluder stands before the same camera.
-    Put ``looks``, ``seed`` and ``occlude`` in the cache file's name: the file records paths only.
+    drawn by ``look_for(key, j, seed)`` (one draw per tracklet, as one camera). Put ``looks`` and ``seed`` in
+    the cache file's name: the file records paths only.
     """
     look_keys = look_keys or {}
-    n_var = (LOOK0 + looks) * (2 if occlude else 1) - (1 if occlude else 0)  # no occluded mirror image
     if cache_file.is_file():
         data = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if data.get("paths") == paths and data["grids"].shape[1] == n_var:
+        if data.get("paths") == paths and data["grids"].shape[1] == LOOK0 + looks:
             return FeatureBank({p: i for i, p in enumerate(paths)}, data["grids"], data["embs"])
-    owner = {p: k.split("/")[0] for p, k in look_keys.items()}  # identity of each looked path
-    pool = sorted(look_keys)
     grids, embs = [], []
     with torch.no_grad():
         for i in tqdm(range(0, len(paths), batch), desc="caching backbone features", unit="batch"):
@@ -176,26 +159,14 @@ def build_bank(
             gs.append(g1)
             es.append(e1)
             have = [k for k, p in enumerate(chunk) if p in look_keys]
-            sources = [images]
-            if occlude:
-                occluded = list(images)
-                for k in have:
-                    others = [q for q in pool if owner[q] != owner[chunk[k]]]
-                    occ, other = occlusion_for(chunk[k], seed, others)
-                    occluded[k] = occ.apply(images[k], read_image_bgr(other))
-                sources.append(occluded)
-            for src_i, src in enumerate(sources):
-                for j in range(-1 if src_i else 0, looks):  # j = -1: the occluded image without a look
-                    gj, ej = torch.zeros_like(g0), torch.zeros_like(e0)
-                    if have:
-                        seen = [
-                            src[k] if j < 0 else look_for(look_keys[chunk[k]], j, seed).apply(src[k])
-                            for k in have
-                        ]
-                        xj = preprocess_crops(seen, size=backbone.input_size)
-                        gj[have], ej[have] = backbone.features_and_embedding(xj)
-                    gs.append(gj)
-                    es.append(ej)
+            for j in range(looks):
+                gj, ej = torch.zeros_like(g0), torch.zeros_like(e0)
+                if have:
+                    seen = [look_for(look_keys[chunk[k]], j, seed).apply(images[k]) for k in have]
+                    xj = preprocess_crops(seen, size=backbone.input_size)
+                    gj[have], ej[have] = backbone.features_and_embedding(xj)
+                gs.append(gj)
+                es.append(ej)
             grids.append(torch.stack(gs, 1).half())
             embs.append(torch.stack(es, 1).float())
     bank = FeatureBank({p: i for i, p in enumerate(paths)}, torch.cat(grids), torch.cat(embs))
@@ -286,18 +257,12 @@ def cross_camera_loss(
     return (log_all - log_pos).mean()
 
 
-def training_variants(cfg: HeadTrainConfig, rng: np.random.Generator, frames: int) -> list[int]:
-    """The bank variants of one training tracklet's frames: the tracklet is seen through one of its camera
-    looks with probability ``look_prob`` (when there are looks), else the image or its mirror image with
-    equal chance; then each frame (not of a mirrored tracklet) is occluded with ``occlusion_prob``."""
+def training_variant(cfg: HeadTrainConfig, rng: np.random.Generator) -> int:
+    """The bank variant one training tracklet is seen through: one of its camera looks with probability
+    ``look_prob`` (when there are looks), else the image or its mirror image with equal chance."""
     if cfg.looks and rng.random() < cfg.look_prob:
-        v = LOOK0 + int(rng.integers(cfg.looks))
-    else:
-        v = FLIP if rng.random() < 0.5 else 0
-    if not cfg.occlusion_prob or v == FLIP:
-        return [v] * frames
-    occ = occluded_variant(v, cfg.looks)
-    return [occ if rng.random() < cfg.occlusion_prob else v for _ in range(frames)]
+        return LOOK0 + int(rng.integers(cfg.looks))
+    return FLIP if rng.random() < 0.5 else 0
 
 
 def metrics_dict(ms: dict[int, ReIDMetrics]) -> dict[str, dict[str, Any]]:
@@ -343,10 +308,9 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     sha = sha256_file(weights_path) if weights_path.is_file() else ""
     paths = sorted(p for r in everything for p in r.paths)
     flip_paths = {p for r in train_recs for p in r.paths}
-    augmented = cfg.looks or cfg.occlusion_prob
-    look_keys = {p: r.tracklet_id for r in train_recs + select_recs for p in r.paths} if augmented else {}
+    look_keys = {p: r.tracklet_id for r in train_recs + select_recs for p in r.paths} if cfg.looks else {}
     key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, paths]).encode()).hexdigest()[:16]
-    looks_tag = f"-looks{cfg.looks}{'occ' if cfg.occlusion_prob else ''}s{cfg.seed}" if augmented else ""
+    looks_tag = f"-looks{cfg.looks}s{cfg.seed}" if cfg.looks else ""
     bank = build_bank(
         backbone,
         paths,
@@ -355,7 +319,6 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         look_keys=look_keys,
         looks=cfg.looks,
         seed=cfg.seed,
-        occlude=bool(cfg.occlusion_prob),
     )
 
     model = DRSTA(cfg.model, backbone=backbone).to(device)
@@ -412,7 +375,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
             for r in recs:
                 kept = cut(r, int(rng.integers(cfg.min_frames, len(r.paths) + 1)), True, rng)
                 picks = [kept[i] for i in restricted_random_sample(len(kept), n, train=True, rng=rng)]
-                grids.append(bank.take(picks, training_variants(cfg, rng, len(picks)))[0])
+                grids.append(bank.take(picks, training_variant(cfg, rng))[0])
             res = model.forward_features(torch.cat(grids).to(device), n)
             targets = torch.tensor([pid_map[r.pid] for r in recs], device=device)
             if cfg.loss == "oim":

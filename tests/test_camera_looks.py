@@ -8,10 +8,8 @@ import pytest
 from models.camera_looks import (
     CameraLook,
     LookRanges,
-    Occlusion,
     draw_look,
     look_for,
-    occlusion_for,
     second_camera_looked,
 )
 from models.datasets import read_folder, read_image_bgr
@@ -63,28 +61,6 @@ def test_apply_changes_tone_colour_and_detail(crop) -> None:
 def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="uint8 BGR"):
         look_for("x", 0, 0).apply(np.zeros((8, 8), np.uint8))
-
-
-def test_occlusion_covers_one_side_with_the_other_person(crop) -> None:
-    other = np.full((40, 20, 3), 7, np.uint8)
-    h, w = crop.shape[:2]
-    left = Occlusion("left", 0.5).apply(crop, other)
-    k = round(w * 0.5)
-    assert (left[:, :k] == 7).all() and np.array_equal(left[:, k:], crop[:, k:])
-    bottom = Occlusion("bottom", 0.25).apply(crop, other)
-    kb = round(h * 0.25)
-    assert (bottom[h - kb :] == 7).all() and np.array_equal(bottom[: h - kb], crop[: h - kb])
-    with pytest.raises(ValueError, match="side"):
-        Occlusion("top", 0.3).apply(crop, other)
-
-
-def test_occlusion_draw_is_deterministic_and_never_picks_outside_the_pool() -> None:
-    pool = [f"p{i}" for i in range(5)]
-    a = occlusion_for("001/01_1.png", 0, pool)
-    assert a == occlusion_for("001/01_1.png", 0, pool) and a[1] in pool
-    draws = [occlusion_for(f"k{i}", 0, pool)[0] for i in range(60)]
-    assert {d.side for d in draws} == {"left", "right", "bottom"}
-    assert all(0.25 <= d.fraction <= 0.5 for d in draws)
 
 
 def test_second_camera_looked_changes_only_the_later_cameras(tmp_path) -> None:

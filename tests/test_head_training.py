@@ -14,14 +14,11 @@ from models.datasets import read_image_bgr
 from models.drsta import AvgPoolReID, DRSTAConfig
 from models.metrics import ReIDMetrics
 from models.train_head import (
-    FLIP,
     LOOK0,
     HeadTrainConfig,
     beats,
     cross_camera_loss,
-    occluded_variant,
     train_head,
-    training_variants,
 )
 from tests.conftest import shared_path
 
@@ -70,7 +67,7 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
-def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, occlusion: float = 0.0):
+def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0):
     root, ids = small_pku
     cfg = HeadTrainConfig(
         model=DRSTAConfig(
@@ -86,7 +83,6 @@ def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, oc
         out=str(tmp_path / "out"),
         head_float16=half,
         looks=looks,
-        occlusion_prob=occlusion,
     )
     return train_head(cfg), tmp_path / "out" / "head.pt"
 
@@ -141,25 +137,3 @@ def test_camera_looks_are_cached_for_the_training_pool_and_scored_on_the_select_
     assert looked.abs().sum(dim=(1, 2, 3)).min() > 0  # every training-pool image has its looks
     assert not torch.allclose(looked, plain, atol=1e-2)  # and they are not the image as filmed
     assert not torch.allclose(grids[pool, LOOK0].float(), grids[pool, LOOK0 + 1].float(), atol=1e-2)
-
-
-def test_occluded_copies_of_the_image_and_of_every_look(small_pku, tmp_path) -> None:
-    summary, _ = run(small_pku, tmp_path, epochs=1, looks=1, occlusion=0.5)
-    (cache,) = (tmp_path / "cache").glob("openvino_0288-*-looks1occs0.pt")
-    grids = torch.load(cache, weights_only=True)["grids"].float()
-    assert grids.shape[1] == 5  # image, mirror, look, occluded image, occluded look
-    assert occluded_variant(0, 1) == 3 and occluded_variant(LOOK0, 1) == 4
-    with pytest.raises(ValueError):
-        occluded_variant(FLIP, 1)
-    pool = grids.abs().sum(dim=(2, 3, 4))[:, 3] > 0
-    assert pool.any() and not torch.allclose(grids[pool, 3], grids[pool, 0], atol=1e-2)
-    assert not torch.allclose(grids[pool, 4], grids[pool, 2], atol=1e-2)
-    cfg = HeadTrainConfig(
-        model=DRSTAConfig(backbone="openvino_0288"), looks=1, occlusion_prob=0.5, val_ids=("x",)
-    )
-    rng = np.random.default_rng(0)
-    seen = [training_variants(cfg, rng, 6) for _ in range(400)]
-    flat = [v for s in seen for v in s]
-    assert set(flat) == {0, FLIP, LOOK0, 3, 4}
-    assert all(set(s) == {FLIP} for s in seen if FLIP in s)  # a mirrored tracklet is never occluded
-    assert 0.35 < sum(v in (3, 4) for v in flat) / sum(FLIP not in s for s in seen) / 6 < 0.65
