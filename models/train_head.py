@@ -69,9 +69,7 @@ class HeadTrainConfig:
     weight_decay: float = 5e-4
     batch_p: int = 8
     batch_k: int = 2
-    loss: str = (
-        "cross_camera"  # "cross_camera" (see cross_camera_loss) or "oim" (table starts at the baseline)
-    )
+    loss: str = "cross_camera"  # "cross_camera" or "protocol" (see cross_camera_loss); "oim" (table starts at the baseline)
     temperature: float = 0.05  # of the cosine logits, both losses
     oim_momentum: float = 0.5
     reg_weight: float = 0.1  # diversity term Q (Eq. 9)
@@ -233,22 +231,31 @@ def metrics_of(emb: np.ndarray, records: list[TrackletRecord]) -> ReIDMetrics:
     )
 
 
-LOSSES = ("cross_camera", "oim")
+LOSSES = ("cross_camera", "protocol", "oim")
 
 
 def cross_camera_loss(
-    emb: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, temperature: float
+    emb: torch.Tensor,
+    pids: torch.Tensor,
+    cams: torch.Tensor,
+    temperature: float,
+    same_camera_negatives: bool = False,
 ) -> torch.Tensor:
-    """The evaluation protocol as a loss: each tracklet ranks the batch's tracklets from *other* cameras.
+    """Each tracklet ranks the batch's other tracklets; its positives are the same person in other cameras.
 
-    emb (B, E) unit norm, pids (B,), cams (B,). Softmax over the other-camera tracklets of cosine /
-    temperature; the loss is -log of the probability mass on the same person, averaged over tracklets that
-    have one (a batch of P ids x their two cameras gives every tracklet one).
+    emb (B, E) unit norm, pids (B,), cams (B,). Softmax of cosine / temperature over the candidates; the loss
+    is -log of the probability mass on the positives, averaged over tracklets that have one (a batch of P ids
+    x their two cameras gives every tracklet one). The candidates are the tracklets from *other* cameras, or,
+    with ``same_camera_negatives``, exactly the standard protocol's gallery: everything but the tracklet itself
+    and the same person in the same camera, so other people of the query's own camera compete too (loss
+    ``protocol``). Without them nothing stops a head from letting a camera's look pull its people together.
     """
     logits = emb @ emb.T / temperature  # (B, B)
+    same_pid = pids[:, None] == pids[None, :]
     other = cams[:, None] != cams[None, :]
-    pos = other & (pids[:, None] == pids[None, :])
-    logits = logits.masked_fill(~other, float("-inf"))
+    pos = other & same_pid
+    candidates = (other | ~same_pid) if same_camera_negatives else other
+    logits = logits.masked_fill(~candidates, float("-inf"))
     has = pos.any(dim=1)
     if not has.any():
         return emb.sum() * 0.0
@@ -382,7 +389,9 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
                 l_id = oim(res.embeddings, targets)
             else:
                 cams = torch.tensor([r.camid for r in recs], device=device)
-                l_id = cross_camera_loss(res.embeddings, targets, cams, cfg.temperature)
+                l_id = cross_camera_loss(
+                    res.embeddings, targets, cams, cfg.temperature, cfg.loss == "protocol"
+                )
             loss = l_id + cfg.reg_weight * diversity_penalty("hellinger", res.spatial_attention)
             opt.zero_grad()
             loss.backward()

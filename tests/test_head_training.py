@@ -55,6 +55,20 @@ def test_cross_camera_loss_known_values() -> None:
     assert lone.item() == 0.0 and lone.requires_grad
 
 
+def test_the_protocol_loss_also_ranks_other_people_of_the_own_camera() -> None:
+    # the embeddings say only which camera a tracklet came from: both people of camera 0 at [1, 0]
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    pids, cams = torch.tensor([1, 1, 2, 2]), torch.tensor([0, 1, 0, 1])
+    # other cameras only: the match and the other person are both at cosine 0, so the camera goes unpunished
+    assert cross_camera_loss(emb, pids, cams, 0.5).item() == pytest.approx(math.log(2), rel=1e-6)
+    # the standard protocol's gallery: the other person of the own camera (cosine 1) outranks the match
+    want = math.log(2 + math.exp(1 / 0.5))
+    assert cross_camera_loss(emb, pids, cams, 0.5, True).item() == pytest.approx(want, rel=1e-6)
+    # the same person in the own camera is never a candidate (the protocol leaves it out)
+    two_shots = cross_camera_loss(emb[[0, 1, 0]], torch.tensor([1, 1, 1]), torch.tensor([0, 1, 0]), 0.5, True)
+    assert two_shots.item() == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def small_pku(tmp_path_factory):
     """Ten PKU identities (symlinked): eight to train and select on, two held out."""
