@@ -12,7 +12,8 @@ draw of five such differences, applied in this order to a crop (H, W, 3) uint8 B
 5. compression: JPEG at a quality in ``jpeg``.
 
 One look is one camera: every frame of a tracklet gets the same draw (``look_for(key, index, seed)`` is
-deterministic in the tracklet key), as every frame of a real camera shares its response. The ranges are wide
+deterministic in its key), as every frame of a real camera shares its response; keyed by a camera rather
+than a tracklet (``train_head``'s ``look_scope: camera``), every person that camera films shares it too. The ranges are wide
 generic camera differences, not fitted to any evaluation camera; ``docs/drsta.md`` says what was chosen while
 looking at which numbers.
 """

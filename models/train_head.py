@@ -10,9 +10,12 @@ if validation improves.
 2. Backbone maps and own embeddings of every image (and its mirror image, for training ids) are computed
    once and cached (``cache_dir``, outside the repository; float16 maps), so the head trains in minutes.
    With ``looks`` > 0 every training-pool tracklet is also cached through that many random camera looks
-   (``models.camera_looks``: one draw per tracklet, as one camera), and a training tracklet is seen through
-   one of them with ``look_prob``; the select ids are then also scored with each person's second camera
-   through a look (keys ``"<frames>u"``), so the epoch is picked for robustness to unlike cameras too.
+   (``models.camera_looks``), drawn per tracklet (``look_scope: tracklet``; a training tracklet is seen
+   through one of them with ``look_prob``) or per camera (``look_scope: camera``: every person of a camera
+   shares its looks, and in each batch each camera is seen through one of its looks with ``look_prob``, so
+   the people of one unlike camera share its look as they do in a real one); the select ids are then also
+   scored with each person's second camera through a look (keys ``"<frames>u"``), so the epoch is picked
+   for robustness to unlike cameras too.
 3. Training ids are the folder's identities minus ``val_ids`` (the held-out ids of the default checkpoint's
    split); ``select_fraction`` of them are set aside to pick the best epoch, so the validation ids decide
    only once, at the end: the trained head is kept when, at every ``eval_frames`` setting, it is at least
@@ -75,7 +78,12 @@ class HeadTrainConfig:
     reg_weight: float = 0.1  # diversity term Q (Eq. 9)
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
     looks: int = 0  # random camera looks cached per training-pool tracklet (models.camera_looks); 0: none
-    look_prob: float = 0.5  # chance a training tracklet is seen through one of its looks
+    look_prob: float = (
+        0.5  # chance a training tracklet (or camera of a batch) is seen through one of its looks
+    )
+    look_scope: str = (
+        "tracklet"  # "tracklet": a look per tracklet; "camera": one per camera, shared by its people
+    )
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
     head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
@@ -93,6 +101,8 @@ class HeadTrainConfig:
         if "model" not in raw:
             raise ValueError(f"{path}: 'model' (the DRSTA config) is required")
         raw["model"] = DRSTAConfig.from_dict(raw["model"])
+        if raw.get("look_scope", "tracklet") not in LOOK_SCOPES:
+            raise ValueError(f"{path}: look_scope: expected one of {LOOK_SCOPES}, got {raw['look_scope']!r}")
         if raw.get("loss", "cross_camera") not in LOSSES:
             raise ValueError(f"{path}: loss: expected one of {LOSSES}, got {raw['loss']!r}")
         for k in ("val_ids", "eval_frames"):
@@ -101,6 +111,7 @@ class HeadTrainConfig:
         return cls(**raw)
 
 
+LOOK_SCOPES = ("tracklet", "camera")
 FLIP = 1  # variant index of the mirror image in a FeatureBank
 LOOK0 = 2  # variant index of a tracklet's first camera look (models.camera_looks)
 
@@ -266,10 +277,20 @@ def cross_camera_loss(
 
 def training_variant(cfg: HeadTrainConfig, rng: np.random.Generator) -> int:
     """The bank variant one training tracklet is seen through: one of its camera looks with probability
-    ``look_prob`` (when there are looks), else the image or its mirror image with equal chance."""
-    if cfg.looks and rng.random() < cfg.look_prob:
+    ``look_prob`` (when there are looks drawn per tracklet), else the image or its mirror image with equal
+    chance."""
+    if cfg.looks and cfg.look_scope == "tracklet" and rng.random() < cfg.look_prob:
         return LOOK0 + int(rng.integers(cfg.looks))
     return FLIP if rng.random() < 0.5 else 0
+
+
+def camera_variants(cfg: HeadTrainConfig, cams: list[int], rng: np.random.Generator) -> dict[int, int]:
+    """With ``look_scope: camera``: for each camera of a batch, with ``look_prob``, the look all its tracklets
+    are seen through (the other cameras' tracklets are seen as filmed or mirrored). Empty otherwise."""
+    if cfg.look_scope != "camera" or not cfg.looks:
+        return {}
+    draws = {c: (rng.random() < cfg.look_prob, LOOK0 + int(rng.integers(cfg.looks))) for c in cams}
+    return {c: v for c, (on, v) in draws.items() if on}
 
 
 def metrics_dict(ms: dict[int, ReIDMetrics]) -> dict[str, dict[str, Any]]:
@@ -315,9 +336,14 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     sha = sha256_file(weights_path) if weights_path.is_file() else ""
     paths = sorted(p for r in everything for p in r.paths)
     flip_paths = {p for r in train_recs for p in r.paths}
-    look_keys = {p: r.tracklet_id for r in train_recs + select_recs for p in r.paths} if cfg.looks else {}
+    # The key a look is drawn for: each tracklet its own, or each camera one shared by every person it films
+    # (so a batch's same-camera people share their camera's look, as in a real camera).
+    look_key = (lambda r: f"camera {r.camid}") if cfg.look_scope == "camera" else (lambda r: r.tracklet_id)
+    look_keys = {p: look_key(r) for r in train_recs + select_recs for p in r.paths} if cfg.looks else {}
     key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, paths]).encode()).hexdigest()[:16]
-    looks_tag = f"-looks{cfg.looks}s{cfg.seed}" if cfg.looks else ""
+    looks_tag = (
+        f"-looks{cfg.looks}s{cfg.seed}{'cam' if cfg.look_scope == 'camera' else ''}" if cfg.looks else ""
+    )
     bank = build_bank(
         backbone,
         paths,
@@ -379,10 +405,12 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         for batch in batches:
             recs = [train_recs[i] for i in batch]
             grids = []
+            by_camera = camera_variants(cfg, sorted({r.camid for r in recs}), rng)
             for r in recs:
                 kept = cut(r, int(rng.integers(cfg.min_frames, len(r.paths) + 1)), True, rng)
                 picks = [kept[i] for i in restricted_random_sample(len(kept), n, train=True, rng=rng)]
-                grids.append(bank.take(picks, training_variant(cfg, rng))[0])
+                variant = by_camera.get(r.camid)
+                grids.append(bank.take(picks, training_variant(cfg, rng) if variant is None else variant)[0])
             res = model.forward_features(torch.cat(grids).to(device), n)
             targets = torch.tensor([pid_map[r.pid] for r in recs], device=device)
             if cfg.loss == "oim":

@@ -9,16 +9,20 @@ import pytest
 import torch
 
 from models.backbones import OPENVINO_MODELS, preprocess_crops
+from models.camera_looks import look_for
 from models.checkpoint import checkpoint_threshold, load_drsta, read_checkpoint
 from models.datasets import read_image_bgr
 from models.drsta import AvgPoolReID, DRSTAConfig
 from models.metrics import ReIDMetrics
 from models.train_head import (
+    FLIP,
     LOOK0,
     HeadTrainConfig,
     beats,
+    camera_variants,
     cross_camera_loss,
     train_head,
+    training_variant,
 )
 from tests.conftest import shared_path
 
@@ -81,7 +85,7 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
-def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0):
+def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, look_scope: str = "tracklet"):
     root, ids = small_pku
     cfg = HeadTrainConfig(
         model=DRSTAConfig(
@@ -97,6 +101,7 @@ def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0):
         out=str(tmp_path / "out"),
         head_float16=half,
         looks=looks,
+        look_scope=look_scope,
     )
     return train_head(cfg), tmp_path / "out" / "head.pt"
 
@@ -151,3 +156,35 @@ def test_camera_looks_are_cached_for_the_training_pool_and_scored_on_the_select_
     assert looked.abs().sum(dim=(1, 2, 3)).min() > 0  # every training-pool image has its looks
     assert not torch.allclose(looked, plain, atol=1e-2)  # and they are not the image as filmed
     assert not torch.allclose(grids[pool, LOOK0].float(), grids[pool, LOOK0 + 1].float(), atol=1e-2)
+
+
+def test_camera_scoped_looks_are_drawn_per_camera_of_a_batch() -> None:
+    model = DRSTAConfig(backbone="openvino_0288", start="own", num_parts=2)
+    per_camera = HeadTrainConfig(model=model, looks=3, look_scope="camera", look_prob=0.5)
+    rng = np.random.default_rng(0)
+    draws = [camera_variants(per_camera, [0, 1], rng) for _ in range(400)]
+    assert all(set(d) <= {0, 1} and set(d.values()) <= {LOOK0, LOOK0 + 1, LOOK0 + 2} for d in draws)
+    looked = sum(len(d) for d in draws) / 800
+    assert 0.4 < looked < 0.6  # each camera of a batch is looked at with look_prob
+    # a camera left as filmed never gets a per-tracklet look on top
+    assert {training_variant(per_camera, rng) for _ in range(200)} == {0, FLIP}
+    per_tracklet = HeadTrainConfig(model=model, looks=3, look_scope="tracklet", look_prob=0.5)
+    assert camera_variants(per_tracklet, [0, 1], rng) == {}
+    assert {training_variant(per_tracklet, rng) for _ in range(200)} == {0, FLIP, LOOK0, LOOK0 + 1, LOOK0 + 2}
+
+
+def test_camera_scoped_looks_give_every_person_of_a_camera_the_same_look(small_pku, tmp_path) -> None:
+    run(small_pku, tmp_path, epochs=1, looks=1, look_scope="camera")
+    (cache,) = (tmp_path / "cache").glob("openvino_0288-*-looks1s0cam.pt")
+    data = torch.load(cache, weights_only=True)
+    root, ids = small_pku
+    index = {p: i for i, p in enumerate(data["paths"])}
+    backbone = load_drsta(tmp_path / "out" / "head.pt").backbone
+    for cam in (0, 1):  # PKU camera "01" is camid 0, "02" camid 1
+        for pid in ids[:2]:
+            path = str(root / pid / f"0{cam + 1}_1.png")
+            image = read_image_bgr(path)
+            want, _ = backbone.features_and_embedding(
+                preprocess_crops([look_for(f"camera {cam}", 0, 0).apply(image)], size=backbone.input_size)
+            )
+            assert torch.allclose(data["grids"][index[path], LOOK0].float(), want[0], atol=2e-2, rtol=1e-2)
