@@ -72,18 +72,14 @@ class HeadTrainConfig:
     weight_decay: float = 5e-4
     batch_p: int = 8
     batch_k: int = 2
-    loss: str = "cross_camera"  # "cross_camera" or "protocol" (see cross_camera_loss); "oim" (table starts at the baseline)
+    loss: str = "cross_camera"  # "cross_camera", "protocol" (see cross_camera_loss) or "oim"
     temperature: float = 0.05  # of the cosine logits, both losses
     oim_momentum: float = 0.5
     reg_weight: float = 0.1  # diversity term Q (Eq. 9)
     min_frames: int = 1  # training tracklets are cut to min_frames..8 frames at random (2-frame robustness)
     looks: int = 0  # random camera looks cached per training-pool tracklet (models.camera_looks); 0: none
-    look_prob: float = (
-        0.5  # chance a training tracklet (or camera of a batch) is seen through one of its looks
-    )
-    look_scope: str = (
-        "tracklet"  # "tracklet": a look per tracklet; "camera": one per camera, shared by its people
-    )
+    look_prob: float = 0.5  # chance a training tracklet (or a batch's camera) is seen through a look
+    look_scope: str = "tracklet"  # looks drawn per "tracklet" or per "camera" (shared by its people)
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
     head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)

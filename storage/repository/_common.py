@@ -48,6 +48,22 @@ def _posix(value: Instant, name: str) -> float:
     return float(value)
 
 
+def _overlapping(stmt, start: sa.ColumnElement, end: sa.ColumnElement, since, until, convert, caller: str):
+    """``stmt`` kept to rows whose ``[start, end]`` overlaps ``[since, until]`` (either None: unbounded); the
+    bounds are converted with ``convert`` (``_utc`` or ``_posix``, matching the columns). Raises
+    ``ValueError`` naming ``caller`` when ``since`` is after ``until``."""
+    lo = None if since is None else convert(since, "since")
+    hi = None if until is None else convert(until, "until")
+    if lo is not None and hi is not None and lo > hi:
+        show = (lambda v: v.isoformat()) if isinstance(lo, datetime) else str
+        raise ValueError(f"{caller}: since {show(lo)} is after until {show(hi)}")
+    if lo is not None:
+        stmt = stmt.where(end >= lo)
+    if hi is not None:
+        stmt = stmt.where(start <= hi)
+    return stmt
+
+
 def _text(value: str, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name}: expected a non-empty string, got {value!r}")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from common.pictures import PICTURE_KINDS, Picture
 from storage.boxes import TrackBoxes, decode_boxes, encode_boxes
 from storage.models import SightingRow, TrackletBoxesRow, TrackletPictureRow, TrackletRow
-from storage.repository._common import Instant, _insert, _posix
+from storage.repository._common import Instant, _insert, _overlapping, _posix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,14 +222,7 @@ def boxes_of_camera(
     )
     if session_key is not None:
         stmt = stmt.where(t.c.session_key == session_key)
-    lo = None if since is None else _posix(since, "since")
-    hi = None if until is None else _posix(until, "until")
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"boxes_of_camera: since {lo} is after until {hi}")
-    if lo is not None:
-        stmt = stmt.where(t.c.end_posix >= lo)
-    if hi is not None:
-        stmt = stmt.where(t.c.start_posix <= hi)
+    stmt = _overlapping(stmt, t.c.start_posix, t.c.end_posix, since, until, _posix, "boxes_of_camera")
     if frames is not None:
         f_lo, f_hi = int(frames[0]), int(frames[1])
         if f_lo > f_hi:

@@ -24,7 +24,7 @@ from storage.models import (
     UTCDateTime,
     identity_timeline,
 )
-from storage.repository._common import Instant, _text, _utc
+from storage.repository._common import Instant, _overlapping, _text, _utc
 
 
 @dataclass(frozen=True)
@@ -140,14 +140,7 @@ def timeline(
     stmt = sa.select(
         v.c.identity_id, v.c.camera_id, v.c.start_time, v.c.end_time, v.c.tracklet_id, v.c.similarity
     ).where(v.c.identity_id == identity_id)
-    lo = None if since is None else _utc(since, "since")
-    hi = None if until is None else _utc(until, "until")
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"timeline: since {lo.isoformat()} is after until {hi.isoformat()}")
-    if lo is not None:
-        stmt = stmt.where(v.c.end_time >= lo)
-    if hi is not None:
-        stmt = stmt.where(v.c.start_time <= hi)
+    stmt = _overlapping(stmt, v.c.start_time, v.c.end_time, since, until, _utc, "timeline")
     rows = session.execute(stmt.order_by(v.c.start_time, v.c.tracklet_id))
     return [TimelineEntry(**r._asdict()) for r in rows]
 
