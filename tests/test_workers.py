@@ -34,6 +34,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from pipeline.matching.centering import CameraCentering
 from pipeline.matching.matcher import Matcher
 from pipeline.matching.topology import Topology
 from pipeline.matching.worker import restore_matcher, run_matcher_worker
@@ -1112,3 +1113,52 @@ def test_retention_needs_a_positive_period(queue: Queue, make_store, names) -> N
     store, _ = make_store()
     with pytest.raises(ValueError, match="prune_every_s"):
         _run_matcher(queue, store, _restoring(store), names("embeddings"), retention_days=1.0, timeout=5)
+
+
+def test_a_centring_matcher_stores_embeddings_as_they_came_and_restores_its_camera_means(
+    queue: Queue, make_store, names
+) -> None:
+    store, _ = make_store()
+    stream = names("embeddings")
+    prior = _people(1, 5)[0] * 0.3
+    cast = _people(1, 6)[0]  # camera B's colour cast: every B embedding leans this way
+    scene = _scene(seed=4)
+    scene = scene[:3] + [replace(e, embedding=_unit(e.embedding + 0.8 * cast)) for e in scene[3:]]
+
+    def restoring() -> Matcher:
+        d = build.DEFAULTS
+        return restore_matcher(
+            store,
+            topology=Topology(),
+            threshold=build.THRESHOLD,
+            model=MODEL,
+            max_prototypes=d.max_prototypes,
+            prior=prior,
+            prior_weight=2.0,
+        )
+
+    _publish(queue, stream, scene)
+    assert _run_matcher(queue, store, restoring, stream) == len(scene)
+    # what the pure matcher decides with the same centring, one camera (batch of 3) at a time
+    pure = build.matcher(build.gallery(), model=MODEL, centering=CameraCentering(prior, prior_weight=2.0))
+    want = {}
+    for batch in (scene[:3], scene[3:]):
+        for a in pure.assign_by_closing_time(batch, window_s=build.DEFAULTS.window_s):
+            want[a.key] = (a.identity_id, a.similarity)
+    _assert_sightings(_snapshot(store).sightings, want)
+    assert {i for i, _ in want.values()} == {1, 2, 3}, "centred, each person of B finds themself in A"
+    with store.session(readonly=True) as s:
+        stored = {(g.camera_id, g.track_id): g.vector for g in repo.load_gallery(s, MODEL)}
+    for e in scene:
+        assert np.allclose(stored[(e.camera_id, e.track_id)], e.embedding, atol=1e-6), "kept as it came"
+    # a restart rebuilds the camera means from every stored embedding
+    again = restoring()
+    assert again.centering is not None
+    for cam, members in (("A", scene[:3]), ("B", scene[3:])):
+        units = np.stack([_unit(e.embedding) for e in members])
+        assert again.centering.count(cam) == 3
+        assert np.allclose(again.centering.mean(cam), (2.0 * prior + units.sum(0)) / 5.0, atol=1e-6)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from pipeline.matching.centering import CameraCentering
 from pipeline.matching.gallery import Gallery, TrackEntry
 from pipeline.matching.topology import Span, Topology
 from pipeline.transport.messages import TrackletEmbedding
@@ -51,9 +52,21 @@ class Matcher:
     one adopts it); otherwise the gallery adopts the model of the first batch. No defaults here: the config
     schema (``matcher`` section) holds them and the composition root passes them. The matcher owns ``gallery``
     from then on: it changes it in :meth:`assign`.
+
+    ``centering`` (docs/matcher.md, §3a): each batch is compared, and added to the gallery, with its cameras'
+    mean embeddings taken out (the means as they stood before the batch), and then added to those means; the
+    threshold is then on the centred scale. None compares the embeddings as they come.
     """
 
-    def __init__(self, gallery: Gallery, topology: Topology, *, threshold: float, model: str | None = None):
+    def __init__(
+        self,
+        gallery: Gallery,
+        topology: Topology,
+        *,
+        threshold: float,
+        model: str | None = None,
+        centering: CameraCentering | None = None,
+    ):
         threshold = float(threshold)
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold: expected a cosine similarity in [-1, 1], got {threshold}")
@@ -62,6 +75,9 @@ class Matcher:
         self.gallery = gallery
         self.topology = topology
         self.threshold = threshold
+        if centering is not None and gallery.dim is not None and centering.dim != gallery.dim:
+            raise ValueError(f"centering: a prior of {centering.dim} values for a gallery of {gallery.dim}")
+        self.centering = centering
 
     def assign_by_closing_time(
         self, batch: Sequence[TrackletEmbedding], *, window_s: float
@@ -106,6 +122,10 @@ class Matcher:
         emb = np.stack([t.embedding for t in batch]).astype(np.float64)  # (B, E)
         # the message allows a norm within 1e-3 of 1; prototypes and cosines want it exact
         emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        cams = [t.camera_id for t in batch]
+        raw = emb
+        if self.centering is not None:  # compared (and kept) without the camera's mean, as it stood before
+            emb = self.centering.center(cams, raw)
         ids, sims = g.similarities(emb)  # (B, N), the gallery as it stood before the batch
 
         groups: dict[tuple[str, int], list[int]] = {}
@@ -143,6 +163,8 @@ class Matcher:
                 out.append(Assignment(t.key, identity_id, None, True))
         for key, members in groups.items():
             self._remember(key, [batch[i] for i in members], out[members[0]].identity_id, tokens[key])
+        if self.centering is not None:
+            self.centering.observe(cams, raw)
         return out
 
     # -- steps ---------------------------------------------------------------------------------------

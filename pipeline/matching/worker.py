@@ -31,11 +31,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
+import numpy as np
 import sqlalchemy as sa
 
 from common.redact import redact_text
+from pipeline.matching.centering import PRIOR_WEIGHT, CameraCentering
 from pipeline.matching.gallery import Gallery, SavedTracklet
 from pipeline.matching.matcher import Matcher
 from pipeline.matching.ordering import Held, OrderedIntake, Release, StreamState
@@ -60,11 +63,22 @@ _TAKEOVER_MAX = 100_000  # messages a starting matcher takes over at once (one r
 
 
 def restore_matcher(
-    store: Store, *, topology: Topology, threshold: float, model: str, max_prototypes: int
+    store: Store,
+    *,
+    topology: Topology,
+    threshold: float,
+    model: str,
+    max_prototypes: int,
+    prior: np.ndarray | None = None,
+    prior_weight: float = PRIOR_WEIGHT,
 ) -> Matcher:
     """A matcher whose gallery holds every identity already in SQL for ``model``; new identities are numbered
     after the largest stored id (of any model). Raises what the store raises (see :func:`run_matcher_worker`
-    for which of it is retried)."""
+    for which of it is retried).
+
+    ``prior`` given: camera centering (docs/matcher.md, §3a). The store keeps the embeddings as the re-ID
+    worker made them; the camera means are rebuilt from all of them and every stored embedding is centred
+    with its camera's mean over the whole store before the gallery is rebuilt from it."""
     with store.session(readonly=True) as s:
         rows = [
             SavedTracklet(
@@ -80,8 +94,16 @@ def restore_matcher(
             for g in repo.load_gallery(s, model)
         ]
         next_id = repo.max_identity_id(s) + 1
+    centering = None
+    if prior is not None:
+        centering = CameraCentering(prior, prior_weight=prior_weight)
+        if rows:
+            cams = [r.camera_id for r in rows]
+            vectors = np.stack([np.asarray(r.vector, dtype=np.float64) for r in rows])
+            centering.observe(cams, vectors)
+            rows = [replace(r, vector=v) for r, v in zip(rows, centering.center(cams, vectors), strict=True)]
     gallery = Gallery.restore(rows, max_prototypes=max_prototypes, next_id=next_id, model=model)
-    return Matcher(gallery, topology, threshold=threshold, model=model)
+    return Matcher(gallery, topology, threshold=threshold, model=model, centering=centering)
 
 
 def run_matcher_worker(
