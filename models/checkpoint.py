@@ -9,16 +9,23 @@ Layout (``format`` = ``drsta-checkpoint/1``)::
      "backbone": state_dict or absent, "backbone_weights": {"source": str, "sha256": str} or absent,
      "meta": dict (dataset, split, metrics...), "train_state": dict (optimiser, epoch...) or absent}
 
+``meta["threshold"]`` is the matching threshold on raw cosines (:func:`checkpoint_threshold`);
+``meta["centering"]`` the camera-centering prior and the threshold on centred cosines
+(:func:`checkpoint_centering`).
+
 The project's default checkpoint holds the head only: the backbone weights are third-party and stay in
 ``../shared`` (or are downloaded from their official URL with a sha256 check).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.backbones import build_backbone
@@ -183,6 +190,65 @@ def checkpoint_threshold(path: str | Path | None = None) -> float | None:
     return None if value is None else float(value)
 
 
+@dataclass(frozen=True)
+class CheckpointCentering:
+    """What a checkpoint records for camera centering (``pipeline.matching.centering``): the prior mean
+    embedding, its weight in tracklets, and the matching threshold on the centred cosine scale with the
+    operating point it stands for on the validation pairs (``models.calibrate``; no ``threshold`` key)."""
+
+    prior: np.ndarray  # (E,) float64
+    prior_weight: float
+    threshold: float
+    operating_point: dict[str, Any]
+
+
+def checkpoint_centering(path: str | Path | None = None) -> CheckpointCentering | None:
+    """The camera-centering record of this checkpoint (``meta["centering"]``), or None when it has none.
+
+    ``path`` None means the default checkpoint. Raises CheckpointError as :func:`read_checkpoint` does, and
+    with a one-line message naming the file and the field when the record is malformed.
+    """
+    path = DEFAULT_CHECKPOINT if path is None else Path(path)
+    meta = read_checkpoint(path).get("meta", {})
+    rec = meta.get("centering") if isinstance(meta, dict) else None
+    if rec is None:
+        return None
+
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: meta centering.{field}: {why}")
+
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"{path}: meta centering: expected a dict, got {type(rec).__name__}")
+    for field in ("prior", "prior_weight", "threshold", "operating_point"):
+        if field not in rec:
+            raise bad(field, "missing")
+    raw = rec["prior"]
+    if not isinstance(raw, (list, tuple, torch.Tensor)) or (
+        isinstance(raw, (list, tuple)) and not all(_is_number(x) for x in raw)
+    ):
+        raise bad("prior", f"expected a list of numbers, got {type(raw).__name__}")
+    prior = raw.detach().double().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw, np.float64)
+    if prior.ndim != 1 or prior.size == 0:
+        raise bad("prior", f"expected a non-empty vector, got shape {prior.shape}")
+    if not np.all(np.isfinite(prior)):
+        raise bad("prior", "holds non-finite values")
+    weight, threshold = rec["prior_weight"], rec["threshold"]
+    if not _is_number(weight) or not math.isfinite(weight) or weight <= 0:
+        raise bad("prior_weight", f"expected a finite number > 0, got {weight!r}")
+    if not _is_number(threshold) or not math.isfinite(threshold):
+        raise bad("threshold", f"expected a finite number, got {threshold!r}")
+    point = rec["operating_point"]
+    if not isinstance(point, dict):
+        raise bad("operating_point", f"expected a dict, got {type(point).__name__}")
+    return CheckpointCentering(
+        prior=prior, prior_weight=float(weight), threshold=float(threshold), operating_point=dict(point)
+    )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def load_avgpool_baseline(
     backbone: str,
     backbone_weights: str | Path | None,
@@ -210,9 +276,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 __all__ = [
+    "CheckpointCentering",
     "CheckpointError",
     "DEFAULT_CHECKPOINT",
     "build_model_from_checkpoint",
+    "checkpoint_centering",
     "checkpoint_threshold",
     "load_avgpool_baseline",
     "load_drsta",

@@ -18,6 +18,18 @@ such as the one written next to the default checkpoint). Other datasets use thei
 Prints one line per (model, frames) and, last, one JSON object: the first model (the checkpoint, or the
 baseline asked for) at the first ``--frames`` setting as top-level keys (``rank1``, ``mAP``, ...), and every
 (model, frames) run under ``"runs"`` with its first 20 CMC values.
+
+``--center camera`` (default ``none``): camera centering (``pipeline.matching.centering``) before ranking,
+the same for every model so the comparison stays fair: each model's embeddings of the evaluated tracklets
+(query and gallery together) are centred with ``center_by_camera``, each camera's mean shrunk towards the
+model's prior. The DRSTA head's prior is the one its checkpoint records (``meta["centering"]``; a checkpoint
+without one is an error). A baseline's prior is computed the same way train_head computes the head's: the
+mean of the baseline's unit embeddings of the checkpoint's training ids' tracklets (``meta["train_ids"]`` of
+``--checkpoint``, default the project's default checkpoint, also with ``--baseline``), read from
+``--prior-root`` (default: the PKU folder the checkpoint's ``meta["dataset"]`` names, else
+``../shared/data/pku-reid``), as filmed, each tracklet cut to **6 frames** whatever ``--frames`` says
+(train_head's prior is taken at the head's N = 6 frames, and the matcher uses one prior for every tracklet
+length). Each result line and each JSON run says which centering it used.
 """
 
 from __future__ import annotations
@@ -28,15 +40,30 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, load_avgpool_baseline, load_drsta, resolve_device
-from models.datasets import DATASETS, TrackletRecord, get_reader
-from models.drsta import AvgPoolReID
-from models.metrics import ReIDMetrics
+import numpy as np
+
+from models.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    REPO_ROOT,
+    CheckpointError,
+    checkpoint_centering,
+    load_avgpool_baseline,
+    load_drsta,
+    read_checkpoint,
+    resolve_device,
+)
+from models.datasets import DATASETS, TrackletRecord, get_reader, read_folder
+from models.drsta import DRSTA, AvgPoolReID
+from models.metrics import ReIDMetrics, cosine_distance, evaluate_rank
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
-from models.train import evaluate_records
+from models.train import embed_records
+from pipeline.matching.centering import center_by_camera
 
 LOOK_CACHE = "~/.cache/reid-pipeline"
+CENTERINGS = ("none", "camera")
+PRIOR_FRAMES = 6  # frames per prior tracklet, whatever --frames says (train_head takes the head's at N = 6)
+DEFAULT_PRIOR_ROOT = "../shared/data/pku-reid"
 
 
 def parse_ids(value: str | None) -> list[str] | None:
@@ -118,12 +145,92 @@ def evaluate_model(
 
 
 def evaluate_on(
-    model, query: list[TrackletRecord], gallery: list[TrackletRecord], *, device="cpu", frames: int | None
+    model,
+    query: list[TrackletRecord],
+    gallery: list[TrackletRecord],
+    *,
+    device="cpu",
+    frames: int | None,
+    prior: np.ndarray | None = None,
 ) -> ReIDMetrics:
+    """Metrics of ``model`` with every tracklet cut to ``frames``; with ``prior``, camera-centred first."""
     same = gallery is query
     q = cut_tracklets(query, frames)
     g = q if same else cut_tracklets(gallery, frames)
-    return evaluate_records(model, q, g, device)  # one list for both: embedded once
+    q_emb = embed_records(model, q, device, None).numpy()
+    g_emb = q_emb if same else embed_records(model, g, device, None).numpy()  # one list: embedded once
+    return rank_embeddings(q_emb, g_emb, q, g, prior=prior)
+
+
+def rank_embeddings(
+    q_emb: np.ndarray,
+    g_emb: np.ndarray,
+    query: list[TrackletRecord],
+    gallery: list[TrackletRecord],
+    *,
+    prior: np.ndarray | None = None,
+) -> ReIDMetrics:
+    """Rank ``gallery`` for each of ``query`` by cosine (cross-camera protocol, ``models.metrics``).
+
+    With ``prior``, every embedding is first camera-centred with ``center_by_camera`` over the evaluated set
+    (query and gallery together, once when they are the same list), each camera's mean shrunk towards
+    ``prior``. ``gallery is query`` (and ``g_emb is q_emb``) means every tracklet against all the others.
+    """
+    same = gallery is query
+    if prior is not None:
+        if same:
+            q_emb = g_emb = center_by_camera(q_emb, [r.camid for r in query], prior)
+        else:
+            both = center_by_camera(
+                np.concatenate([q_emb, g_emb]), [r.camid for r in [*query, *gallery]], prior
+            )
+            q_emb, g_emb = both[: len(query)], both[len(query) :]
+    return evaluate_rank(
+        cosine_distance(q_emb, g_emb),
+        np.array([r.pid for r in query]),
+        np.array([r.pid for r in gallery]),
+        np.array([r.camid for r in query]),
+        np.array([r.camid for r in gallery]),
+    )
+
+
+def prior_root_of(meta: dict, given: str | None) -> Path:
+    """``--prior-root``, else the folder ``meta["dataset"]`` names (``"PKU-Reid folder DIR"``, relative to the
+    working directory or the repository), else ``../shared/data/pku-reid``; FileNotFoundError if absent."""
+    if given:
+        root = Path(given)
+    else:
+        recorded = str(meta.get("dataset", ""))
+        named = (
+            recorded.removeprefix("PKU-Reid folder ").strip()
+            if recorded.startswith("PKU-Reid folder ")
+            else ""
+        )
+        root = Path(named or DEFAULT_PRIOR_ROOT)
+        if not root.is_absolute() and not root.is_dir() and (REPO_ROOT / root).is_dir():
+            root = REPO_ROOT / root
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--prior-root: {root} not found (the PKU folder holding the checkpoint's train_ids)"
+        )
+    return root
+
+
+def train_ids_of(meta: dict, path) -> list[str]:
+    raw = meta.get("train_ids")
+    try:
+        ids = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        ids = None
+    if not isinstance(ids, list) or not ids:
+        raise CheckpointError(f"{path}: meta train_ids: expected a JSON list of identity names, got {raw!r}")
+    return [str(i) for i in ids]
+
+
+def embedding_prior(model, records: list[TrackletRecord], device) -> np.ndarray:
+    """The mean of ``model``'s unit embeddings of ``records`` cut to ``PRIOR_FRAMES`` frames (float64)."""
+    e = embed_records(model, cut_tracklets(records, PRIOR_FRAMES), device, None).numpy().astype(np.float64)
+    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).mean(axis=0)
 
 
 def own_baseline_of(model, device) -> AvgPoolReID:
@@ -168,6 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--frames", type=int, nargs="+", default=[6, 2], help="frames per tracklet settings (0: all frames)"
     )
+    ap.add_argument(
+        "--center",
+        choices=CENTERINGS,
+        default="none",
+        help="camera: centre every model's embeddings by camera before ranking (see the module doc)",
+    )
+    ap.add_argument(
+        "--prior-root",
+        help="--center camera: PKU folder holding the checkpoint's train_ids, for a baseline's prior "
+        "(default: the folder recorded in the checkpoint, else ../shared/data/pku-reid)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", help="write the metrics as JSON here")
     ap.add_argument("--plot", help="draw the CMC curves into this PNG")
@@ -203,24 +321,50 @@ def main(argv: list[str] | None = None) -> int:
             same = gallery is query
             query = second_camera_looked(query, args.camera_look, LOOK_CACHE)
             gallery = query if same else second_camera_looked(gallery, args.camera_look, LOOK_CACHE)
+        priors: dict[str, tuple[np.ndarray | None, str]] = {label: (None, "none") for label in models}
+        if args.center == "camera":
+            ckpt = Path(args.checkpoint) if args.checkpoint else DEFAULT_CHECKPOINT
+            meta = read_checkpoint(ckpt).get("meta", {})
+            prior_recs = None
+            for label, m in models.items():
+                if isinstance(m, DRSTA):
+                    rec = checkpoint_centering(ckpt)
+                    if rec is None:
+                        raise CheckpointError(
+                            f"{ckpt}: records no centering prior (meta centering); retrain it with "
+                            "models.train_head, or evaluate with --center none"
+                        )
+                    priors[label] = (rec.prior, "camera (prior recorded in the checkpoint)")
+                    continue
+                if prior_recs is None:
+                    root = prior_root_of(meta, args.prior_root)
+                    prior_recs = list(read_folder(root, ids=train_ids_of(meta, ckpt)).gallery)
+                desc = f"camera (prior: {len(prior_recs)} train-id tracklets @ {PRIOR_FRAMES} frames)"
+                priors[label] = (embedding_prior(m, prior_recs, device), desc)
         results: dict[str, dict] = {}
         curves = {}
         for frames in args.frames:
             for label, m in models.items():
-                met = evaluate_on(m, query, gallery, device=device, frames=frames or None)
+                prior, centering = priors[label]
+                met = evaluate_on(m, query, gallery, device=device, frames=frames or None, prior=prior)
                 key = f"{label} @ {frames or 'all'} frames"
-                results[key] = {**met.to_dict(), "cmc": [round(float(v), 4) for v in met.cmc[:20]]}
+                results[key] = {
+                    **met.to_dict(),
+                    "centering": centering,
+                    "cmc": [round(float(v), 4) for v in met.cmc[:20]],
+                }
                 curves[key] = met.cmc
                 cmc = " ".join(f"{v:.2f}" for v in met.cmc[:5])
                 print(
                     f"{key}: rank-1 {met.rank1:.3f}  mAP {met.mAP:.3f}  CMC@1-5 {cmc}  ({met.num_query} queries)"
+                    f"  centering {centering}"
                 )
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
     first = next(iter(results.values()))
-    out = {**{k: v for k, v in first.items() if k != "cmc"}, "runs": results}
+    out = {**{k: v for k, v in first.items() if k != "cmc"}, "center": args.center, "runs": results}
     print(json.dumps(out))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

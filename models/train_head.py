@@ -23,6 +23,11 @@ if validation improves.
    (the baseline itself) is written, and ``meta["improved"]`` says which.
 4. The matching threshold is calibrated on the validation ids' cross-camera pairs (``models.calibrate``)
    and stored in the checkpoint with its operating point.
+5. Camera centering (``pipeline.matching.centering``): the prior, the kept head's mean unit embedding of the
+   training ids' tracklets as filmed (cut to N frames, no looks, no mirror images), and a second threshold
+   calibrated the same way on the validation embeddings after ``center_by_camera`` with that prior, stored
+   as ``meta["centering"] = {"prior": [floats], "prior_weight", "threshold", "operating_point"}`` (read it
+   with ``models.checkpoint.checkpoint_centering``). ``meta["threshold"]`` stays the raw-cosine one.
 
 Writes ``out/head.pt`` (head only; the backbone is referenced by its path relative to the repository and
 its sha256), ``out/head.json`` (split, metrics, history) and ``out/cmc_val.png``.
@@ -55,6 +60,7 @@ from models.metrics import ReIDMetrics, evaluate_all_vs_other_cameras
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
 from models.weights import sha256_file
+from pipeline.matching.centering import PRIOR_WEIGHT, center_by_camera
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,14 @@ def baseline_embeddings(
         _, e = bank.take(picks, variants.get(r.tracklet_id, 0))
         out.append(torch.nn.functional.normalize(e.mean(0), dim=0))
     return torch.stack(out).numpy()
+
+
+def centering_prior(embeddings: np.ndarray) -> np.ndarray:
+    """The camera-centering prior: the mean of these embeddings, each first scaled to unit length (float64)."""
+    e = np.asarray(embeddings, dtype=np.float64)
+    if e.ndim != 2 or not len(e):
+        raise ValueError(f"centering prior: expected (T, E) embeddings, got shape {e.shape}")
+    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).mean(axis=0)
 
 
 def metrics_of(emb: np.ndarray, records: list[TrackletRecord]) -> ReIDMetrics:
@@ -449,12 +463,16 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
                 if t.is_floating_point():
                     t.copy_(t.half().float())
     final_val = evaluate(val_recs)
+    val_emb = head_embeddings(model, bank, val_recs, n, device)
+    val_pids, val_cams = np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])
     point = calibrate_threshold(
-        *cross_camera_pairs(
-            head_embeddings(model, bank, val_recs, n, device),
-            np.array([r.pid for r in val_recs]),
-            np.array([r.camid for r in val_recs]),
-        ),
+        *cross_camera_pairs(val_emb, val_pids, val_cams), max_false_merge=cfg.max_false_merge
+    )
+    # Camera centering (pipeline.matching.centering): the prior is the kept head's mean unit embedding of the
+    # training ids' tracklets as filmed; centred cosines get their own threshold, on the same val pairs.
+    prior = centering_prior(head_embeddings(model, bank, train_recs, n, device))
+    centred_point = calibrate_threshold(
+        *cross_camera_pairs(center_by_camera(val_emb, val_cams, prior), val_pids, val_cams),
         max_false_merge=cfg.max_false_merge,
     )
     summary = {
@@ -469,6 +487,11 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "val_kept": metrics_dict(final_val),
         "select_baseline": metrics_dict(base_sel),
         "operating_point": point.to_dict(),
+        "centering": {
+            "prior_weight": PRIOR_WEIGHT,
+            "prior_norm": float(np.linalg.norm(prior)),
+            "operating_point": centred_point.to_dict(),
+        },
         "history": history,
     }
     out = Path(cfg.out)
@@ -484,6 +507,12 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "best_epoch": best[1],
         "threshold": point.threshold,
         "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
+        "centering": {
+            "prior": [float(x) for x in prior],
+            "prior_weight": PRIOR_WEIGHT,
+            "threshold": centred_point.threshold,
+            "operating_point": {k: v for k, v in centred_point.to_dict().items() if k != "threshold"},
+        },
         "final": json.dumps({"val_baseline": summary["val_baseline"], "val_kept": summary["val_kept"]}),
     }
     save_checkpoint(
@@ -524,7 +553,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(
         json.dumps(
-            {k: summary[k] for k in ("best_epoch", "improved", "val_baseline", "val_kept", "operating_point")}
+            {
+                k: summary[k]
+                for k in (
+                    "best_epoch",
+                    "improved",
+                    "val_baseline",
+                    "val_kept",
+                    "operating_point",
+                    "centering",
+                )
+            }
         )
     )
     return 0

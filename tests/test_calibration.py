@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 from models.backbones import build_backbone
 from models.calibrate import calibrate_threshold, cross_camera_pairs
-from models.checkpoint import checkpoint_threshold, save_checkpoint
+from models.checkpoint import CheckpointError, checkpoint_centering, checkpoint_threshold, save_checkpoint
 from models.drsta import DRSTA, DRSTAConfig
 
 
@@ -60,3 +62,72 @@ def test_checkpoint_records_and_returns_the_threshold(tmp_path) -> None:
     assert checkpoint_threshold(with_t) == pytest.approx(0.5)
     assert checkpoint_threshold(without) is None
     assert torch.load(with_t, weights_only=True)["meta"]["operating_point"]["miss_rate"] == 0.0
+
+
+@functools.cache  # built once: saving never changes it
+def tiny_model() -> DRSTA:
+    return DRSTA(
+        DRSTAConfig(backbone="resnet18", num_parts=2, num_frames=2, attn_hidden=8),
+        backbone=build_backbone("resnet18", pretrained=False),
+    )
+
+
+GOOD_CENTERING = {
+    "prior": [0.5, -0.25, 0.125],
+    "prior_weight": 10.0,
+    "threshold": 0.3,
+    "operating_point": {"false_merge_rate": 0.0, "miss_rate": 0.1, "same_pairs": 10, "different_pairs": 90},
+}
+
+
+def test_checkpoint_records_and_returns_the_centering(tmp_path) -> None:
+    model = tiny_model()
+    with_c = save_checkpoint(
+        tmp_path / "a.pt", model, include_backbone=True, meta={"threshold": 0.6, "centering": GOOD_CENTERING}
+    )
+    got = checkpoint_centering(with_c)
+    assert got.prior.dtype == np.float64 and got.prior.tolist() == [0.5, -0.25, 0.125]
+    assert (got.prior_weight, got.threshold) == (10.0, 0.3)
+    assert got.operating_point["miss_rate"] == 0.1
+    assert checkpoint_threshold(with_c) == pytest.approx(0.6)  # the raw-scale threshold is a separate field
+    without = save_checkpoint(tmp_path / "b.pt", model, include_backbone=True, meta={"threshold": 0.6})
+    assert checkpoint_centering(without) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prior": [0.1, float("nan")]}, "centering.prior"),
+        ({"prior": "0.1 0.2"}, "centering.prior"),
+        ({"prior": [[0.1, 0.2]]}, "centering.prior"),
+        ({"prior": []}, "centering.prior"),
+        ({"prior_weight": 0.0}, "centering.prior_weight"),
+        ({"prior_weight": "10"}, "centering.prior_weight"),
+        ({"threshold": float("inf")}, "centering.threshold"),
+        ({"threshold": None}, "centering.threshold"),
+        ({"operating_point": [0.0, 0.1]}, "centering.operating_point"),
+    ],
+)
+def test_malformed_centering_is_a_one_line_checkpoint_error_naming_the_field(tmp_path, change, field) -> None:
+    path = save_checkpoint(
+        tmp_path / "bad.pt",
+        tiny_model(),
+        include_backbone=True,
+        meta={"centering": {**GOOD_CENTERING, **change}},
+    )
+    with pytest.raises(CheckpointError) as err:
+        checkpoint_centering(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and f"meta {field}:" in msg
+
+
+def test_centering_record_missing_a_field_or_not_a_dict(tmp_path) -> None:
+    partial = {k: v for k, v in GOOD_CENTERING.items() if k != "threshold"}
+    path = save_checkpoint(
+        tmp_path / "c.pt", tiny_model(), include_backbone=True, meta={"centering": partial}
+    )
+    with pytest.raises(CheckpointError, match=r"meta centering\.threshold: missing"):
+        checkpoint_centering(path)
+    path = save_checkpoint(tmp_path / "d.pt", tiny_model(), include_backbone=True, meta={"centering": 0.3})
+    with pytest.raises(CheckpointError, match="meta centering: expected a dict"):
+        checkpoint_centering(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,21 +10,25 @@ import pytest
 import torch
 
 from models.backbones import OPENVINO_MODELS, preprocess_crops
+from models.calibrate import calibrate_threshold
 from models.camera_looks import look_for
-from models.checkpoint import checkpoint_threshold, load_drsta, read_checkpoint
-from models.datasets import read_image_bgr
+from models.checkpoint import checkpoint_centering, checkpoint_threshold, load_drsta, read_checkpoint
+from models.datasets import read_folder, read_image_bgr
 from models.drsta import AvgPoolReID, DRSTAConfig
 from models.metrics import ReIDMetrics
 from models.train_head import (
     FLIP,
     LOOK0,
+    FeatureBank,
     HeadTrainConfig,
     beats,
     camera_variants,
     cross_camera_loss,
+    head_embeddings,
     train_head,
     training_variant,
 )
+from pipeline.matching.centering import PRIOR_WEIGHT
 from tests.conftest import shared_path
 
 
@@ -124,6 +129,39 @@ def test_untrained_run_writes_the_baseline_with_its_threshold(small_pku, tmp_pat
     base = AvgPoolReID(model.backbone, num_frames=6, pool="embedding")
     assert torch.allclose(model.embed(x).embeddings, base.embed(x).embeddings, atol=1e-5)
     assert (tmp_path / "out" / "cmc_val.png").stat().st_size > 0
+    # camera centering, recomputed here from the file, the cached maps and the folder: the prior is the mean unit
+    # embedding of the training ids' tracklets as filmed; the centred threshold is calibrated on the val ids'
+    # cross-camera cosines after each camera's mean, shrunk towards the prior, is taken out
+    rec = checkpoint_centering(ckpt)
+    meta = payload["meta"]
+    assert rec is not None and rec.prior_weight == PRIOR_WEIGHT
+    assert set(rec.operating_point) == set(meta["operating_point"])  # the raw point's shape, threshold apart
+    assert meta["threshold"] == summary["operating_point"]["threshold"]  # the raw-scale threshold stays
+    (cache,) = (tmp_path / "cache").glob("openvino_0288-*.pt")
+    data = torch.load(cache, weights_only=True)
+    bank = FeatureBank({p: i for i, p in enumerate(data["paths"])}, data["grids"], data["embs"])
+    records = read_folder(root).gallery
+    train_recs = [r for r in records if r.tracklet_id.split("/")[0] in json.loads(meta["train_ids"])]
+    val_recs = [r for r in records if r.tracklet_id.split("/")[0] in json.loads(meta["val_ids"])]
+    unit = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)  # noqa: E731
+    prior = unit(head_embeddings(model, bank, train_recs, 6, "cpu").astype(np.float64)).mean(axis=0)
+    assert len(train_recs) == 2 * len(json.loads(meta["train_ids"])) and np.allclose(
+        rec.prior, prior, atol=1e-6
+    )
+    val = unit(head_embeddings(model, bank, val_recs, 6, "cpu").astype(np.float64))
+    cams, pids = np.array([r.camid for r in val_recs]), np.array([r.pid for r in val_recs])
+    means = {
+        c: (PRIOR_WEIGHT * prior + val[cams == c].sum(0)) / (PRIOR_WEIGHT + (cams == c).sum()) for c in cams
+    }
+    centred = unit(val - np.stack([means[c] for c in cams]))
+    sim = centred @ centred.T
+    i, j = np.triu_indices(len(val), k=1)
+    i, j = i[cams[i] != cams[j]], j[cams[i] != cams[j]]
+    same = pids[i] == pids[j]
+    want = calibrate_threshold(sim[i, j][same], sim[i, j][~same], max_false_merge=0.01)
+    assert rec.threshold == pytest.approx(want.threshold, abs=1e-5)
+    assert rec.operating_point["same_pairs"] == 2 and rec.operating_point["different_pairs"] == 2
+    assert summary["centering"]["operating_point"]["threshold"] == rec.threshold  # head.json's summary too
 
 
 def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> None:
