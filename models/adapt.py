@@ -525,7 +525,8 @@ def write_adapted(
     model: DRSTA, source_checkpoint: str | Path, out: str | Path, summary: dict[str, Any], run: str
 ) -> Path:
     """Write the adapted head to ``out`` (never the input file): backbone reference, dtype and threshold
-    of the input are kept; the threshold is copied, not recalibrated, and the metadata says so."""
+    of the input are kept; the threshold (and the camera-centering record, when there is one) is copied, not
+    recalibrated, and the metadata says so."""
     src, out = Path(source_checkpoint), Path(out)
     if out.resolve() == src.resolve():
         raise ValueError(f"--out {out}: is the input checkpoint; adaptation writes a new file")
@@ -541,6 +542,10 @@ def write_adapted(
         "no labelled validation pairs",
         "adaptation": json.dumps(summary),
     }
+    if old_meta.get("centering") is not None:
+        # the camera prior and the centred threshold, copied likewise (docs/matcher.md, 3a): each camera's own
+        # mean replaces the prior as the camera is seen
+        meta["centering"] = old_meta["centering"]
     return save_checkpoint(
         out,
         model,

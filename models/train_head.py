@@ -322,11 +322,25 @@ def beats(head: dict[int, ReIDMetrics], base: dict[int, ReIDMetrics]) -> bool:
     return no_worse and score(head) > score(base) + eps
 
 
-def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
-    """Run the recipe in the module docstring; return the summary written to ``out/head.json``."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+@dataclass
+class Prepared:
+    """What training and :func:`record_centering` start from: the id split, its records, the backbone, and the
+    feature bank (cached maps and own embeddings of every PKU image, with the mirror images and camera looks
+    of the training pool)."""
+
+    train_ids: list[str]
+    select_ids: list[str]
+    train_recs: list[TrackletRecord]
+    select_recs: list[TrackletRecord]
+    val_recs: list[TrackletRecord]
+    backbone: Any
+    weights_path: Path
+    sha: str
+    bank: FeatureBank
+
+
+def prepare(cfg: HeadTrainConfig, device) -> Prepared:
+    """The split of ``cfg`` and its feature bank (built, or loaded from ``cfg.cache_dir``)."""
     root = Path(cfg.root)
     everything = read_folder(root).gallery
     id_of = {r.tracklet_id: r.tracklet_id.split("/")[0] for r in everything}
@@ -363,6 +377,73 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         looks=cfg.looks,
         seed=cfg.seed,
     )
+    return Prepared(
+        train_ids, select_ids, train_recs, select_recs, val_recs, backbone, weights_path, sha, bank
+    )
+
+
+def centering_record(
+    model, bank: FeatureBank, train_recs, val_recs, n: int, device, max_false_merge: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Camera centering for this head (pipeline.matching.centering): the prior is its mean unit embedding of
+    the training ids' tracklets as filmed; centred cosines get their own threshold, calibrated on the val ids'
+    cross-camera pairs after ``center_by_camera``. Returns (``meta["centering"]``, the summary's record)."""
+    val_emb = head_embeddings(model, bank, val_recs, n, device)
+    val_pids, val_cams = np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])
+    prior = centering_prior(head_embeddings(model, bank, train_recs, n, device))
+    point = calibrate_threshold(
+        *cross_camera_pairs(center_by_camera(val_emb, val_cams, prior), val_pids, val_cams),
+        max_false_merge=max_false_merge,
+    )
+    meta = {
+        "prior": [float(x) for x in prior],
+        "prior_weight": PRIOR_WEIGHT,
+        "threshold": point.threshold,
+        "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
+    }
+    summary = {
+        "prior_weight": PRIOR_WEIGHT,
+        "prior_norm": float(np.linalg.norm(prior)),
+        "operating_point": point.to_dict(),
+    }
+    return meta, summary
+
+
+def record_centering(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Add (or renew) ``meta["centering"]`` in an existing head ``checkpoint`` trained with ``cfg``, computed
+    exactly as :func:`train_head` computes it for a head it has just trained; nothing else in the file changes.
+    The checkpoint's recorded split must be the one ``cfg`` makes (else ValueError). Returns the summary's
+    record. The file is replaced atomically."""
+    from models.checkpoint import load_drsta, read_checkpoint
+
+    path = Path(checkpoint)
+    payload = read_checkpoint(path)
+    meta = payload.get("meta", {})
+    device = resolve_device(cfg.device)
+    data = prepare(cfg, device)
+    for key, ids in (("train_ids", data.train_ids), ("val_ids", list(cfg.val_ids))):
+        if json.loads(meta.get(key, "null")) != ids:
+            raise ValueError(f"{path}: meta {key} is not the split that --config makes")
+    model = load_drsta(path, device=device).eval()
+    record, summary = centering_record(
+        model, data.bank, data.train_recs, data.val_recs, cfg.model.num_frames, device, cfg.max_false_merge
+    )
+    payload["meta"] = {**meta, "centering": record}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return summary
+
+
+def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
+    """Run the recipe in the module docstring; return the summary written to ``out/head.json``."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = prepare(cfg, device)
+    train_ids, select_ids = data.train_ids, data.select_ids
+    train_recs, select_recs, val_recs = data.train_recs, data.select_recs, data.val_recs
+    backbone, weights_path, sha, bank = data.backbone, data.weights_path, data.sha, data.bank
 
     model = DRSTA(cfg.model, backbone=backbone).to(device)
     n = cfg.model.num_frames
@@ -463,17 +544,16 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
                 if t.is_floating_point():
                     t.copy_(t.half().float())
     final_val = evaluate(val_recs)
-    val_emb = head_embeddings(model, bank, val_recs, n, device)
-    val_pids, val_cams = np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])
     point = calibrate_threshold(
-        *cross_camera_pairs(val_emb, val_pids, val_cams), max_false_merge=cfg.max_false_merge
-    )
-    # Camera centering (pipeline.matching.centering): the prior is the kept head's mean unit embedding of the
-    # training ids' tracklets as filmed; centred cosines get their own threshold, on the same val pairs.
-    prior = centering_prior(head_embeddings(model, bank, train_recs, n, device))
-    centred_point = calibrate_threshold(
-        *cross_camera_pairs(center_by_camera(val_emb, val_cams, prior), val_pids, val_cams),
+        *cross_camera_pairs(
+            head_embeddings(model, bank, val_recs, n, device),
+            np.array([r.pid for r in val_recs]),
+            np.array([r.camid for r in val_recs]),
+        ),
         max_false_merge=cfg.max_false_merge,
+    )
+    centering_meta, centering_summary = centering_record(
+        model, bank, train_recs, val_recs, n, device, cfg.max_false_merge
     )
     summary = {
         "backbone": cfg.model.backbone,
@@ -487,11 +567,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "val_kept": metrics_dict(final_val),
         "select_baseline": metrics_dict(base_sel),
         "operating_point": point.to_dict(),
-        "centering": {
-            "prior_weight": PRIOR_WEIGHT,
-            "prior_norm": float(np.linalg.norm(prior)),
-            "operating_point": centred_point.to_dict(),
-        },
+        "centering": centering_summary,
         "history": history,
     }
     out = Path(cfg.out)
@@ -507,12 +583,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "best_epoch": best[1],
         "threshold": point.threshold,
         "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
-        "centering": {
-            "prior": [float(x) for x in prior],
-            "prior_weight": PRIOR_WEIGHT,
-            "threshold": centred_point.threshold,
-            "operating_point": {k: v for k, v in centred_point.to_dict().items() if k != "threshold"},
-        },
+        "centering": centering_meta,
         "final": json.dumps({"val_baseline": summary["val_baseline"], "val_kept": summary["val_kept"]}),
     }
     save_checkpoint(
@@ -540,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", help="override the config's out folder")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
+    ap.add_argument(
+        "--record-centering",
+        metavar="CKPT",
+        help="train nothing: add the camera-centering record to this head checkpoint, trained with --config",
+    )
     args = ap.parse_args(argv)
     configure_torch()
     try:
@@ -547,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
         over = {k: v for k, v in (("out", args.out), ("epochs", args.epochs)) if v is not None}
         if over:
             cfg = HeadTrainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **over})
+        if args.record_centering:
+            print(json.dumps({"centering": record_centering(cfg, args.record_centering)}))
+            return 0
         summary = train_head(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

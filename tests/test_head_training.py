@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from models.train_head import (
     camera_variants,
     cross_camera_loss,
     head_embeddings,
+    record_centering,
     train_head,
     training_variant,
 )
@@ -90,9 +92,11 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
-def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, look_scope: str = "tracklet"):
+def config(
+    small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, look_scope: str = "tracklet"
+) -> HeadTrainConfig:
     root, ids = small_pku
-    cfg = HeadTrainConfig(
+    return HeadTrainConfig(
         model=DRSTAConfig(
             backbone="openvino_0288", start="own", num_parts=2, num_frames=6, attn_hidden=16, embed_dim=256
         ),
@@ -108,7 +112,12 @@ def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, lo
         looks=looks,
         look_scope=look_scope,
     )
-    return train_head(cfg), tmp_path / "out" / "head.pt"
+
+
+def run(small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, look_scope: str = "tracklet"):
+    return train_head(
+        config(small_pku, tmp_path, epochs, half, looks, look_scope)
+    ), tmp_path / "out" / "head.pt"
 
 
 def test_untrained_run_writes_the_baseline_with_its_threshold(small_pku, tmp_path) -> None:
@@ -172,6 +181,18 @@ def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> Non
     assert summary["improved"] == payload["meta"]["improved"]
     assert payload["head"]["fc.weight"].dtype == torch.float16  # half the bytes on disk
     assert load_drsta(ckpt).fc.weight.dtype == torch.float32
+    # --record-centering renews the record of an existing checkpoint exactly, and changes nothing else
+    recorded = payload["meta"]["centering"]
+    stripped = tmp_path / "stripped.pt"
+    torch.save({**payload, "meta": {k: v for k, v in payload["meta"].items() if k != "centering"}}, stripped)
+    assert checkpoint_centering(stripped) is None
+    cfg = config(small_pku, tmp_path, epochs=2, half=True)
+    assert record_centering(cfg, stripped)["operating_point"]["threshold"] == recorded["threshold"]
+    again = read_checkpoint(stripped)
+    assert again["meta"] == payload["meta"]
+    assert all(torch.equal(again["head"][k], payload["head"][k]) for k in payload["head"])
+    with pytest.raises(ValueError, match="meta train_ids is not the split that --config makes"):
+        record_centering(replace(cfg, seed=cfg.seed + 1), stripped)  # another seed splits the ids otherwise
 
 
 def test_camera_looks_are_cached_for_the_training_pool_and_scored_on_the_select_ids(
