@@ -8,7 +8,10 @@ at a random time of one day; the cameras form a ring of links (0-900 s transit) 
 the topology is closed. Each batch has ``--batch`` tracklets after that day: half are noisy copies of a random
 identity's prototype (cosine about 0.85, so the gates run), half random directions (new identities). The time
 of a batch is the whole ``Matcher.assign`` call (similarities, gates, Hungarian, gallery update), median over
-``--repeats`` batches after two warm-up batches, divided by the batch size. Last line: one JSON object.
+``--repeats`` batches after two warm-up batches, divided by the batch size. Each size is run twice on the same
+gallery and batches (same seed): as the embeddings come, and with camera centering (docs/matcher.md, 3a; a
+random prior of norm 0.5, weight 10), so ``matcher_ms_<n>_centred`` / ``centering_ratio_<n>`` say what it adds.
+Last line: one JSON object.
 
 The similarity product (P x 128 by 128 x batch) is memory-bound; on a shared CPU, OpenBLAS threads mostly wait
 for each other, so the bench runs BLAS single-threaded by default (``--blas-threads 1``, as the matcher process
@@ -46,6 +49,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import MatcherConfig  # noqa: E402
+from pipeline.matching.centering import CameraCentering  # noqa: E402
 from pipeline.matching.gallery import Gallery  # noqa: E402
 from pipeline.matching.matcher import Matcher  # noqa: E402
 from pipeline.matching.topology import Topology  # noqa: E402
@@ -116,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="tracklets per assign call")
     ap.add_argument("--repeats", type=int, default=30, help="timed batches per gallery size")
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--threshold", type=float, default=0.6, help="cosine threshold (a deployment uses its checkpoint's)")
+    ap.add_argument(
+        "--threshold", type=float, default=0.6, help="cosine threshold (a deployment uses its checkpoint's)"
+    )
     ap.add_argument("--max-prototypes", type=int, default=DEFAULTS.max_prototypes)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--blas-threads", default="1", help="BLAS threads (set before numpy loads), or 'auto'")
@@ -136,27 +142,37 @@ def main(argv: list[str] | None = None) -> int:
         f"{'identities':>10} {'prototypes':>10} {'build s':>8} {'ms/tracklet':>12} {'p90':>8} {'matched':>8}"
     )
     for n in args.sizes:
-        rng = np.random.default_rng(args.seed)
-        t0 = time.perf_counter()
-        gallery = build_gallery(rng, n, args.dim, args.max_prototypes)
-        build_s = time.perf_counter() - t0
-        n_protos = sum(len(gallery.prototypes(int(i))) for i in gallery.ids)
-        matcher = Matcher(gallery, topology, threshold=args.threshold, model=MODEL)
-        per_tracklet, matched, total = [], 0, 0
-        for r in range(args.repeats + 2):
-            batch = make_batch(rng, gallery, args.batch, args.dim, DAY + 120.0 * r, 1 + r * args.batch)
-            t0 = time.perf_counter()
-            out = matcher.assign(batch)
-            elapsed = time.perf_counter() - t0
-            if r >= 2:  # the first two batches warm up caches and BLAS threads
-                per_tracklet.append(1000.0 * elapsed / args.batch)
-                matched += sum(not a.is_new for a in out)
-                total += len(out)
-        med, p90 = float(np.median(per_tracklet)), float(np.percentile(per_tracklet, 90))
-        print(f"{n:>10} {n_protos:>10} {build_s:>8.1f} {med:>12.3f} {p90:>8.3f} {matched / total:>8.2f}")
         label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
-        results[f"matcher_ms_{label}"] = round(med, 3)
-        results[f"matcher_ms_{label}_p90"] = round(p90, 3)
+        for mode in ("as they come", "centred"):
+            rng = np.random.default_rng(args.seed)
+            t0 = time.perf_counter()
+            gallery = build_gallery(rng, n, args.dim, args.max_prototypes)
+            build_s = time.perf_counter() - t0
+            n_protos = sum(len(gallery.prototypes(int(i))) for i in gallery.ids)
+            centering = None
+            if mode == "centred":
+                centering = CameraCentering(0.5 * unit_rows(np.random.default_rng(99), 1, args.dim)[0])
+            matcher = Matcher(gallery, topology, threshold=args.threshold, model=MODEL, centering=centering)
+            per_tracklet, matched, total = [], 0, 0
+            for r in range(args.repeats + 2):
+                batch = make_batch(rng, gallery, args.batch, args.dim, DAY + 120.0 * r, 1 + r * args.batch)
+                t0 = time.perf_counter()
+                out = matcher.assign(batch)
+                elapsed = time.perf_counter() - t0
+                if r >= 2:  # the first two batches warm up caches and BLAS threads
+                    per_tracklet.append(1000.0 * elapsed / args.batch)
+                    matched += sum(not a.is_new for a in out)
+                    total += len(out)
+            med, p90 = float(np.median(per_tracklet)), float(np.percentile(per_tracklet, 90))
+            print(
+                f"{n:>10} {n_protos:>10} {build_s:>8.1f} {med:>12.3f} {p90:>8.3f} {matched / total:>8.2f}  {mode}"
+            )
+            key = f"matcher_ms_{label}" + ("_centred" if centering is not None else "")
+            results[key] = round(med, 3)
+            results[f"{key}_p90"] = round(p90, 3)
+        results[f"centering_ratio_{label}"] = round(
+            results[f"matcher_ms_{label}_centred"] / results[f"matcher_ms_{label}"], 3
+        )
     print(json.dumps(results))
     return 0
 

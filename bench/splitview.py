@@ -216,6 +216,8 @@ def run_variant(
     summary = json.loads((run / "out" / "summary.json").read_text())
     for cam, c in summary["cameras"].items():
         out[f"fps_{cam}"] = c["fps"]
+    out["threshold"] = summary["matcher_threshold"]["value"]
+    out["camera_centering"] = summary["matcher_threshold"]["camera_centering"]
     out["wall_s"] = round(wall, 1)
     out["peak_rss_mb"] = round(peak / 2**20, 1)
     gt_args = " ".join(f"--gt {cam}={p}" for cam, p in gt.items())

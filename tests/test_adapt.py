@@ -165,6 +165,7 @@ def test_output_is_a_new_checkpoint_and_the_input_is_untouched(adapted):
     assert any(not torch.equal(old["head"][k], new["head"][k]) for k in old["head"])
     assert new["meta"]["threshold"] == old["meta"]["threshold"]
     assert "not recalibrated" in new["meta"]["threshold_source"]
+    assert new["meta"].get("centering") == old["meta"].get("centering")  # the camera prior goes along
     assert json.loads(new["meta"]["adaptation"])["negative_pairs"] == summary["negative_pairs"] == 24
     load_drsta(out)
     with pytest.raises(ValueError, match="input checkpoint"):

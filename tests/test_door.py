@@ -61,6 +61,13 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[str, str, str]]:
             f'reid: {{checkpoint: "{REPO / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"}"}}\n',
             "matcher.threshold",
         ),
+        # camera centering demanded of a checkpoint that records no camera prior
+        "centering without a prior": (
+            vtest,
+            f'reid: {{checkpoint: "{REPO / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"}"}}\n'
+            "matcher: {threshold: 0.5, camera_centering: true}\n",
+            "matcher.camera_centering",
+        ),
     }
 
 
@@ -96,6 +103,7 @@ CASES = [
     "not backbone weights",
     "unknown tracker",
     "auto threshold, uncalibrated checkpoint",
+    "centering without a prior",
 ]
 
 

@@ -106,6 +106,11 @@ def _auto_threshold(value: Any) -> Any:
     return None if value == "auto" else value
 
 
+def _auto_flag(value: Any) -> Any:
+    """``auto`` is stored as ``None``: decided by what the checkpoint records."""
+    return None if value == "auto" else value
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)
 class CameraConfig(Section):
     """One camera.
@@ -343,9 +348,13 @@ class MatcherConfig(Section):
     calibrated on its validation pairs (cosine scales differ between models); a number overrides it.
     Tracklets are decided in closing-time buckets of ``window_s`` seconds, in time order, once every camera
     has passed the bucket; a tracklet still missing after ``max_wait_s`` (a camera or worker gone) is no
-    longer waited for (docs/matcher.md, "Order"). The matcher reads embeddings in consumer group ``group``."""
+    longer waited for (docs/matcher.md, "Order"). The matcher reads embeddings in consumer group ``group``.
+    ``camera_centering`` takes each camera's mean embedding out before comparing (docs/matcher.md, §3a):
+    ``auto`` (stored as ``None``, the default) when the checkpoint records a camera prior and a threshold for
+    it, ``true`` (an error without them), ``false`` (compare the embeddings as they come)."""
 
     threshold: float | None = field(default=None, metadata={"coerce": _auto_threshold})
+    camera_centering: bool | None = field(default=None, metadata={"coerce": _auto_flag})
     max_prototypes: int = 10
     window_s: float = 1.0
     max_wait_s: float = 60.0

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.redact import redact_url
 from pipeline.config import PipelineConfig
 from pipeline.runtime.health import HealthReporter
@@ -96,31 +98,68 @@ def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class MatchingThreshold:
-    """The matcher's cosine threshold and where it came from (``source``: one line for the run summary)."""
+    """The matcher's cosine threshold and where it came from (``source``: one line for the run summary), and
+    its camera centering: ``prior`` None when off (docs/matcher.md, §3a)."""
 
     value: float
     source: str
+    prior: np.ndarray | None = None
+    prior_weight: float = 10.0
+
+    @property
+    def centering(self) -> str:
+        """One line for the run summary."""
+        if self.prior is None:
+            return "off"
+        return f"on (camera means shrunk to the checkpoint's prior with weight {self.prior_weight:g})"
 
 
 def matching_threshold(cfg: PipelineConfig) -> MatchingThreshold:
     """``matcher.threshold`` when it is a number; for ``auto`` (``None``) the threshold the re-ID checkpoint
-    records with its operating point (``models.calibrate``). Raises ``ValueError`` (one line, naming the key)
-    when ``auto`` meets a checkpoint that records none. Imports torch (reads the checkpoint) only for ``auto``."""
-    if cfg.matcher.threshold is not None:
-        return MatchingThreshold(cfg.matcher.threshold, "matcher.threshold (set in the config)")
-    from models.checkpoint import DEFAULT_CHECKPOINT, read_checkpoint
+    records with its operating point (``models.calibrate``), on the camera-centred scale when centering is on.
+    ``matcher.camera_centering``: ``auto`` (``None``) is on when the checkpoint records a camera prior.
+    Raises ``ValueError`` (one line, naming the key) when ``auto`` meets a checkpoint that records no
+    threshold, or ``camera_centering: true`` one that records no prior. Imports torch (reads the checkpoint)
+    unless both are set explicitly and centering is off."""
+    mcfg = cfg.matcher
+    if mcfg.threshold is not None and mcfg.camera_centering is False:
+        return MatchingThreshold(mcfg.threshold, "matcher.threshold (set in the config)")
+    from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_checkpoint
 
     ckpt = Path(cfg.reid.checkpoint) if cfg.reid.checkpoint else DEFAULT_CHECKPOINT
-    meta = read_checkpoint(ckpt).get("meta", {})
-    if meta.get("threshold") is None:
+    centering = None
+    if mcfg.camera_centering is not False:
+        from models.checkpoint import checkpoint_centering
+
+        try:
+            centering = checkpoint_centering(ckpt)
+        except CheckpointError as exc:
+            raise ValueError(f"matcher.camera_centering: {exc}") from None
+    if centering is None and mcfg.camera_centering:
         raise ValueError(
-            f"matcher.threshold: auto, but the checkpoint {ckpt.name} records no calibrated threshold; "
-            "set matcher.threshold to a number"
+            f"matcher.camera_centering: true, but the checkpoint {ckpt.name} records no camera prior; "
+            "set matcher.camera_centering to auto or false"
         )
-    op = meta.get("operating_point") or {}
+    prior = None if centering is None else centering.prior
+    weight = 10.0 if centering is None else centering.prior_weight
+    if mcfg.threshold is not None:
+        return MatchingThreshold(mcfg.threshold, "matcher.threshold (set in the config)", prior, weight)
+    if centering is not None:
+        value, op, scale = centering.threshold, centering.operating_point, " on camera-centred pairs"
+    else:
+        meta = read_checkpoint(ckpt).get("meta", {})
+        if meta.get("threshold") is None:
+            raise ValueError(
+                f"matcher.threshold: auto, but the checkpoint {ckpt.name} records no calibrated threshold; "
+                "set matcher.threshold to a number"
+            )
+        value, op, scale = float(meta["threshold"]), meta.get("operating_point") or {}, ""
     rates = ", ".join(f"{k} {v:.3g}" for k, v in op.items() if isinstance(v, int | float))
     return MatchingThreshold(
-        float(meta["threshold"]), f"auto: calibrated with {ckpt.name}" + (f" ({rates})" if rates else "")
+        float(value),
+        f"auto: calibrated with {ckpt.name}{scale}" + (f" ({rates})" if rates else ""),
+        prior,
+        weight,
     )
 
 
@@ -296,7 +335,12 @@ def matcher_process(
     name = model_name(ckpt)
     topology = build_topology(cfg)
     threshold = matching_threshold(cfg)
-    log.info("matcher threshold %.3f (%s)", threshold.value, threshold.source)
+    log.info(
+        "matcher threshold %.3f (%s); camera centering %s",
+        threshold.value,
+        threshold.source,
+        threshold.centering,
+    )
 
     def make():
         return restore_matcher(
@@ -305,6 +349,8 @@ def matcher_process(
             threshold=threshold.value,
             model=name,
             max_prototypes=cfg.matcher.max_prototypes,
+            prior=threshold.prior,
+            prior_weight=threshold.prior_weight,
         )
 
     run_matcher_worker(

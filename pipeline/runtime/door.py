@@ -201,7 +201,13 @@ def _load_reid_model(cfg: PipelineConfig, conn) -> None:
         try:
             verdict = ("ok", matching_threshold(cfg))
         except ValueError as exc:
-            verdict = ("matcher.threshold", str(exc).removeprefix("matcher.threshold: "))
+            msg = str(exc)
+            key = (
+                "matcher.camera_centering"
+                if msg.startswith("matcher.camera_centering: ")
+                else "matcher.threshold"
+            )
+            verdict = (key, msg.removeprefix(f"{key}: "))
     conn.send(verdict)
     conn.close()
 

@@ -30,7 +30,7 @@ def pipeline_summary(
 ) -> dict[str, Any]:
     """The full run's summary (JSON-ready): ``cameras`` (see :func:`camera_summary`), ``tracklets_in_sql``,
     ``identities``, ``identities_in_2plus_cameras``, the first ``MAX_LISTED_IDENTITIES`` of those as
-    ``multi_camera_identities``, the ``matcher_threshold`` used (value and where it came from) and
+    ``multi_camera_identities``, the ``matcher_threshold`` used (value, where it came from, and the camera centering) and
     ``wall_s``. Reads the store in one read-only session."""
     from storage import repository as repo
 
@@ -47,7 +47,11 @@ def pipeline_summary(
             {"identity": i.identity_id, "cameras": list(i.cameras), "tracklets": i.num_tracklets}
             for i in multi[:MAX_LISTED_IDENTITIES]
         ],
-        "matcher_threshold": {"value": round(threshold.value, 4), "source": threshold.source},
+        "matcher_threshold": {
+            "value": round(threshold.value, 4),
+            "source": threshold.source,
+            "camera_centering": threshold.centering,
+        },
         "wall_s": round(wall_s, 1),
     }
 
@@ -71,6 +75,6 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         f"seen in 2+ cameras: {summary['identities_in_2plus_cameras']}   wall time: {summary['wall_s']} s"
     )
     t = summary["matcher_threshold"]
-    print(f"matcher threshold: {t['value']:g} ({t['source']})")
+    print(f"matcher threshold: {t['value']:g} ({t['source']}); camera centering {t['camera_centering']}")
     for i in summary["multi_camera_identities"]:
         print(f"  identity {i['identity']}: {', '.join(i['cameras'])} ({i['tracklets']} tracklets)")
