@@ -8,8 +8,8 @@ at a random time of one day; the cameras form a ring of links (0-900 s transit) 
 the topology is closed. Each batch has ``--batch`` tracklets after that day: half are noisy copies of a random
 identity's prototype (cosine about 0.85, so the gates run), half random directions (new identities). The time
 of a batch is the whole ``Matcher.assign`` call (similarities, gates, Hungarian, gallery update), median over
-``--repeats`` batches after two warm-up batches, divided by the batch size. Each size is run twice on the same
-gallery and batches (same seed): as the embeddings come, and with camera centering (docs/matcher.md, 3a; a
+``--repeats`` batches after two warm-up batches, divided by the batch size. Each size runs two matchers on the
+same gallery and the same batches, timed back to back: as the embeddings come, and with camera centering (docs/matcher.md, 3a; a
 random prior of norm 0.5, weight 10), so ``matcher_ms_<n>_centred`` / ``centering_ratio_<n>`` say what it adds.
 Last line: one JSON object.
 
@@ -143,31 +143,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     for n in args.sizes:
         label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
-        for mode in ("as they come", "centred"):
-            rng = np.random.default_rng(args.seed)
+        modes = ("as they come", "centred")
+        matchers, build_s = [], 0.0
+        for mode in modes:
+            rng = np.random.default_rng(args.seed)  # the same gallery for both
             t0 = time.perf_counter()
             gallery = build_gallery(rng, n, args.dim, args.max_prototypes)
             build_s = time.perf_counter() - t0
-            n_protos = sum(len(gallery.prototypes(int(i))) for i in gallery.ids)
             centering = None
             if mode == "centred":
                 centering = CameraCentering(0.5 * unit_rows(np.random.default_rng(99), 1, args.dim)[0])
-            matcher = Matcher(gallery, topology, threshold=args.threshold, model=MODEL, centering=centering)
-            per_tracklet, matched, total = [], 0, 0
-            for r in range(args.repeats + 2):
-                batch = make_batch(rng, gallery, args.batch, args.dim, DAY + 120.0 * r, 1 + r * args.batch)
+            matchers.append(
+                Matcher(gallery, topology, threshold=args.threshold, model=MODEL, centering=centering)
+            )
+        n_protos = sum(len(gallery.prototypes(int(i))) for i in gallery.ids)
+        per_tracklet = {m: [] for m in modes}
+        matched = {m: 0 for m in modes}
+        total = 0
+        for r in range(args.repeats + 2):
+            # the same batch for both, timed back to back, so a load change on the machine hits both alike
+            batch = make_batch(
+                rng, matchers[0].gallery, args.batch, args.dim, DAY + 120.0 * r, 1 + r * args.batch
+            )
+            for mode, matcher in zip(modes, matchers, strict=True):
                 t0 = time.perf_counter()
                 out = matcher.assign(batch)
                 elapsed = time.perf_counter() - t0
                 if r >= 2:  # the first two batches warm up caches and BLAS threads
-                    per_tracklet.append(1000.0 * elapsed / args.batch)
-                    matched += sum(not a.is_new for a in out)
-                    total += len(out)
-            med, p90 = float(np.median(per_tracklet)), float(np.percentile(per_tracklet, 90))
+                    per_tracklet[mode].append(1000.0 * elapsed / args.batch)
+                    matched[mode] += sum(not a.is_new for a in out)
+            total += len(batch) if r >= 2 else 0
+        for mode in modes:
+            med = float(np.median(per_tracklet[mode]))
+            p90 = float(np.percentile(per_tracklet[mode], 90))
             print(
-                f"{n:>10} {n_protos:>10} {build_s:>8.1f} {med:>12.3f} {p90:>8.3f} {matched / total:>8.2f}  {mode}"
+                f"{n:>10} {n_protos:>10} {build_s:>8.1f} {med:>12.3f} {p90:>8.3f} "
+                f"{matched[mode] / total:>8.2f}  {mode}"
             )
-            key = f"matcher_ms_{label}" + ("_centred" if centering is not None else "")
+            key = f"matcher_ms_{label}" + ("_centred" if mode == "centred" else "")
             results[key] = round(med, 3)
             results[f"{key}_p90"] = round(p90, 3)
         results[f"centering_ratio_{label}"] = round(

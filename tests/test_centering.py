@@ -140,13 +140,17 @@ def test_auto_uses_the_checkpoints_prior_and_centred_threshold(tmp_path) -> None
     rec = checkpoint_centering(DEFAULT_CHECKPOINT)
     assert rec is not None, "the default checkpoint records a camera prior"
     raw = float(read_checkpoint(DEFAULT_CHECKPOINT)["meta"]["threshold"])
-    t = matching_threshold(_cfg(tmp_path, "{}"))
+    default = matching_threshold(_cfg(tmp_path, "{}"))
+    assert default.prior is None and default.value == pytest.approx(raw), "off unless asked for"
+    t = matching_threshold(_cfg(tmp_path, "{camera_centering: auto}"))
     assert t.prior is not None and np.array_equal(t.prior, rec.prior) and t.prior_weight == rec.prior_weight
     assert t.value == pytest.approx(rec.threshold) and t.value != pytest.approx(raw)
     assert "camera-centred" in t.source and t.centering.startswith("on")
     off = matching_threshold(_cfg(tmp_path, "{camera_centering: false}"))
     assert off.prior is None and off.value == pytest.approx(raw) and off.centering == "off"
-    fixed = matching_threshold(_cfg(tmp_path, "{threshold: 0.3}"))
+    on = matching_threshold(_cfg(tmp_path, "{camera_centering: true}"))
+    assert np.array_equal(on.prior, t.prior) and (on.value, on.source) == (t.value, t.source)
+    fixed = matching_threshold(_cfg(tmp_path, "{threshold: 0.3, camera_centering: auto}"))
     assert fixed.value == 0.3 and fixed.prior is not None and "set in the config" in fixed.source
 
 
@@ -155,7 +159,7 @@ def test_a_checkpoint_without_a_prior_matches_as_before_unless_centring_is_deman
     from pipeline.runtime.compose import matching_threshold
 
     old = REPO_ROOT / "models" / "checkpoints" / "drsta_osnet_x0_25_pku.pt"
-    t = matching_threshold(_cfg(tmp_path, "{threshold: 0.5}", str(old)))
+    t = matching_threshold(_cfg(tmp_path, "{threshold: 0.5, camera_centering: auto}", str(old)))
     assert t.prior is None and t.value == 0.5 and t.centering == "off"
     with pytest.raises(
         ValueError, match=r"^matcher.camera_centering: true, but the checkpoint .* no camera prior"
