@@ -54,10 +54,10 @@ from models.checkpoint import (
 )
 from models.datasets import DATASETS, TrackletRecord, get_reader, read_folder
 from models.drsta import DRSTA, AvgPoolReID
-from models.metrics import ReIDMetrics, cosine_distance, evaluate_rank
+from models.metrics import ReIDMetrics
 from models.runtime import configure_torch
 from models.sampling import restricted_random_sample
-from models.train import embed_records
+from models.train import embed_records, rank_records
 from pipeline.matching.centering import center_by_camera
 
 LOOK_CACHE = "~/.cache/reid-pipeline"
@@ -185,13 +185,7 @@ def rank_embeddings(
                 np.concatenate([q_emb, g_emb]), [r.camid for r in [*query, *gallery]], prior
             )
             q_emb, g_emb = both[: len(query)], both[len(query) :]
-    return evaluate_rank(
-        cosine_distance(q_emb, g_emb),
-        np.array([r.pid for r in query]),
-        np.array([r.pid for r in gallery]),
-        np.array([r.camid for r in query]),
-        np.array([r.camid for r in gallery]),
-    )
+    return rank_records(q_emb, g_emb, query, gallery)
 
 
 def prior_root_of(meta: dict, given: str | None) -> Path:
@@ -229,8 +223,9 @@ def train_ids_of(meta: dict, path) -> list[str]:
 
 def embedding_prior(model, records: list[TrackletRecord], device) -> np.ndarray:
     """The mean of ``model``'s unit embeddings of ``records`` cut to ``PRIOR_FRAMES`` frames (float64)."""
-    e = embed_records(model, cut_tracklets(records, PRIOR_FRAMES), device, None).numpy().astype(np.float64)
-    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).mean(axis=0)
+    from models.train_head import centering_prior
+
+    return centering_prior(embed_records(model, cut_tracklets(records, PRIOR_FRAMES), device, None).numpy())
 
 
 def own_baseline_of(model, device) -> AvgPoolReID:

@@ -244,13 +244,21 @@ def evaluate_records(
     device: torch.device,
     cache: FeatureCache | None = None,
 ) -> ReIDMetrics:
-    from models.metrics import cosine_distance
-
     same = query is gallery
     q = embed_records(model, query, device, cache).numpy()
     g = q if same else embed_records(model, gallery, device, cache).numpy()
+    return rank_records(q, g, query, gallery)
+
+
+def rank_records(
+    q_emb: np.ndarray, g_emb: np.ndarray, query: list[TrackletRecord], gallery: list[TrackletRecord]
+) -> ReIDMetrics:
+    """Rank the ``gallery`` embeddings for each query embedding by cosine, with the records' ids and cameras
+    (same person in the same camera discarded, as :func:`models.metrics.evaluate_rank` does)."""
+    from models.metrics import cosine_distance
+
     return evaluate_rank(
-        cosine_distance(q, g),
+        cosine_distance(q_emb, g_emb),
         np.array([r.pid for r in query]),
         np.array([r.pid for r in gallery]),
         np.array([r.camid for r in query]),
