@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ class MatchingThreshold:
 
     value: float
     source: str
-    prior: np.ndarray | None = None
+    prior: np.ndarray | None = field(default=None, compare=False)  # == compares value, source, weight
     prior_weight: float = 10.0
 
     @property
