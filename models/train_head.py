@@ -414,7 +414,7 @@ def record_centering(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, 
     exactly as :func:`train_head` computes it for a head it has just trained; nothing else in the file changes.
     The checkpoint's recorded split must be the one ``cfg`` makes (else ValueError). Returns the summary's
     record. The file is replaced atomically."""
-    from models.checkpoint import load_drsta, read_checkpoint
+    from models.checkpoint import read_checkpoint
 
     path = Path(checkpoint)
     payload = read_checkpoint(path)
@@ -424,7 +424,11 @@ def record_centering(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, 
     for key, ids in (("train_ids", data.train_ids), ("val_ids", list(cfg.val_ids))):
         if json.loads(meta.get(key, "null")) != ids:
             raise ValueError(f"{path}: meta {key} is not the split that --config makes")
-    model = load_drsta(path, device=device).eval()
+    # the prepared backbone (one OpenVINO model, not two) under the checkpoint's own head
+    model = DRSTA(DRSTAConfig.from_dict(dict(payload["config"])), backbone=data.backbone).to(device).eval()
+    missing, unexpected = model.load_state_dict(payload["head"], strict=False)
+    if unexpected or any(not k.startswith("backbone.") for k in missing):
+        raise ValueError(f"{path}: its head does not fit {cfg.model.backbone}: {(unexpected or missing)[:3]}")
     record, summary = centering_record(
         model, data.bank, data.train_recs, data.val_recs, cfg.model.num_frames, device, cfg.max_false_merge
     )
