@@ -21,13 +21,18 @@ if validation improves.
    only once, at the end: the trained head is kept when, at every ``eval_frames`` setting, it is at least
    the baseline in rank-1 and mAP on the validation ids and better in their sum; else the untrained head
    (the baseline itself) is written, and ``meta["improved"]`` says which.
-4. The matching threshold is calibrated on the validation ids' cross-camera pairs (``models.calibrate``)
-   and stored in the checkpoint with its operating point.
+4. The matching threshold is calibrated on the validation ids' cross-camera pairs (``models.calibrate``),
+   as filmed and, with ``calibration_looks`` K > 0, also with every person's later cameras through each of K
+   camera looks (one look per camera, shared by its people, drawn with ``calibration_seed``: looks no
+   training run and no evaluation uses), all pairs pooled, because the cameras it will serve do not look
+   alike either. It is stored in the checkpoint with its operating point (``"pairs"`` says which).
 5. Camera centering (``pipeline.matching.centering``): the prior, the kept head's mean unit embedding of the
    training ids' tracklets as filmed (cut to N frames, no looks, no mirror images), and a second threshold
-   calibrated the same way on the validation embeddings after ``center_by_camera`` with that prior, stored
-   as ``meta["centering"] = {"prior": [floats], "prior_weight", "threshold", "operating_point"}`` (read it
-   with ``models.checkpoint.checkpoint_centering``). ``meta["threshold"]`` stays the raw-cosine one.
+   calibrated the same way on the same pairs after ``center_by_camera`` (each set of pairs on its own) with
+   that prior, stored as ``meta["centering"] = {"prior": [floats], "prior_weight", "threshold",
+   "operating_point"}`` (read it with ``models.checkpoint.checkpoint_centering``). ``meta["threshold"]``
+   stays the raw-cosine one. ``--recalibrate CKPT`` renews both thresholds and this record of a trained
+   checkpoint and changes nothing else.
 
 Writes ``out/head.pt`` (head only; the backbone is referenced by its path relative to the repository and
 its sha256), ``out/head.json`` (split, metrics, history) and ``out/cmc_val.png``.
@@ -50,7 +55,7 @@ import yaml
 from tqdm import tqdm
 
 from models.backbones import build_backbone, preprocess_crops
-from models.calibrate import calibrate_threshold, cross_camera_pairs
+from models.calibrate import OperatingPoint, calibrate_threshold, cross_camera_pairs
 from models.camera_looks import look_for
 from models.checkpoint import REPO_ROOT, resolve_device, save_checkpoint
 from models.datasets import PKSampler, TrackletRecord, read_folder, read_image_bgr, split_ids
@@ -88,6 +93,8 @@ class HeadTrainConfig:
     look_scope: str = "tracklet"  # looks drawn per "tracklet" or per "camera" (shared by its people)
     eval_frames: tuple[int, ...] = (6, 2)
     max_false_merge: float = 0.01
+    calibration_looks: int = 0  # thresholds also calibrated with the val ids' later cameras through K looks
+    calibration_seed: int = 3000  # of those looks: one no training run (seed) or evaluation (1000-1007) uses
     head_float16: bool = True  # store the head in float16 (a committed checkpoint must stay < 5 MB)
     device: str = "auto"
     cache_dir: str = "~/.cache/reid-pipeline/features"
@@ -324,9 +331,9 @@ def beats(head: dict[int, ReIDMetrics], base: dict[int, ReIDMetrics]) -> bool:
 
 @dataclass
 class Prepared:
-    """What training and :func:`record_centering` start from: the id split, its records, the backbone, and the
+    """What training and :func:`recalibrate` start from: the id split, its records, the backbone, and the
     feature bank (cached maps and own embeddings of every PKU image, with the mirror images and camera looks
-    of the training pool)."""
+    of the training pool), and the val ids' calibration looks."""
 
     train_ids: list[str]
     select_ids: list[str]
@@ -337,6 +344,8 @@ class Prepared:
     weights_path: Path
     sha: str
     bank: FeatureBank
+    calibration_bank: FeatureBank | None  # the val ids' images and calibration looks (None: no looks)
+    calibration_looks: int
 
 
 def prepare(cfg: HeadTrainConfig, device) -> Prepared:
@@ -377,43 +386,119 @@ def prepare(cfg: HeadTrainConfig, device) -> Prepared:
         looks=cfg.looks,
         seed=cfg.seed,
     )
+    calibration_bank = None
+    if cfg.calibration_looks:
+        # every person's later cameras through each calibration look, one look per camera shared by its people
+        val_paths = sorted(p for r in val_recs for p in r.paths)
+        later = later_cameras(val_recs)
+        cal_keys = {p: f"camera {r.camid}" for r in val_recs if r.tracklet_id in later for p in r.paths}
+        cal_key = hashlib.sha256(json.dumps([cfg.model.backbone, sha, val_paths]).encode()).hexdigest()[:16]
+        calibration_bank = build_bank(
+            backbone,
+            val_paths,
+            set(),
+            Path(cfg.cache_dir).expanduser()
+            / f"{cfg.model.backbone}-{cal_key}-calibration{cfg.calibration_looks}s{cfg.calibration_seed}.pt",
+            look_keys=cal_keys,
+            looks=cfg.calibration_looks,
+            seed=cfg.calibration_seed,
+        )
     return Prepared(
-        train_ids, select_ids, train_recs, select_recs, val_recs, backbone, weights_path, sha, bank
+        train_ids,
+        select_ids,
+        train_recs,
+        select_recs,
+        val_recs,
+        backbone,
+        weights_path,
+        sha,
+        bank,
+        calibration_bank,
+        cfg.calibration_looks,
     )
 
 
-def centering_record(
-    model, bank: FeatureBank, train_recs, val_recs, n: int, device, max_false_merge: float
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Camera centering for this head (pipeline.matching.centering): the prior is its mean unit embedding of
-    the training ids' tracklets as filmed; centred cosines get their own threshold, calibrated on the val ids'
-    cross-camera pairs after ``center_by_camera``. Returns (``meta["centering"]``, the summary's record)."""
-    val_emb = head_embeddings(model, bank, val_recs, n, device)
-    val_pids, val_cams = np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])
-    prior = centering_prior(head_embeddings(model, bank, train_recs, n, device))
-    point = calibrate_threshold(
-        *cross_camera_pairs(center_by_camera(val_emb, val_cams, prior), val_pids, val_cams),
+def later_cameras(records: list[TrackletRecord]) -> set[str]:
+    """Ids of the tracklets not on their person's first (lowest) camera: the ones a camera look is put on."""
+    first: dict[int, int] = {}
+    for r in records:
+        first[r.pid] = min(first.get(r.pid, r.camid), r.camid)
+    return {r.tracklet_id for r in records if r.camid != first[r.pid]}
+
+
+def calibration_sets(model, data: Prepared, n: int, device) -> list[np.ndarray]:
+    """The val ids' head embeddings the thresholds are calibrated on: as filmed, then once through each
+    calibration look (every person's later cameras through it)."""
+    sets = [head_embeddings(model, data.bank, data.val_recs, n, device)]
+    later = later_cameras(data.val_recs)
+    for j in range(data.calibration_looks if data.calibration_bank is not None else 0):
+        variants = {t: LOOK0 + j for t in later}
+        sets.append(head_embeddings(model, data.calibration_bank, data.val_recs, n, device, variants))
+    return sets
+
+
+def calibrate_on(
+    sets: list[np.ndarray],
+    records: list[TrackletRecord],
+    max_false_merge: float,
+    prior: np.ndarray | None = None,
+) -> OperatingPoint:
+    """One threshold for the cross-camera pairs of every set pooled (each set centred on its own first, with
+    ``prior``): a set is one deployment of the val ids."""
+    pids, cams = np.array([r.pid for r in records]), np.array([r.camid for r in records])
+    pairs = [
+        cross_camera_pairs(e if prior is None else center_by_camera(e, cams, prior), pids, cams) for e in sets
+    ]
+    return calibrate_threshold(
+        np.concatenate([s for s, _ in pairs]),
+        np.concatenate([d for _, d in pairs]),
         max_false_merge=max_false_merge,
     )
+
+
+def thresholds_record(model, data: Prepared, n: int, device, max_false_merge: float) -> tuple[dict, dict]:
+    """The matching thresholds of this head (``models.calibrate``), raw and camera-centred, calibrated on
+    :func:`calibration_sets`; camera centering's prior (``pipeline.matching.centering``) is the head's mean
+    unit embedding of the training ids' tracklets as filmed. Returns (the checkpoint's ``meta`` keys
+    ``threshold``, ``operating_point``, ``centering``; the summary's ``operating_point``, ``centering``)."""
+    sets = calibration_sets(model, data, n, device)
+    prior = centering_prior(head_embeddings(model, data.bank, data.train_recs, n, device))
+    pairs = "the val ids' cross-camera pairs as filmed" + (
+        f" and through {len(sets) - 1} camera looks (models.camera_looks)" if len(sets) > 1 else ""
+    )
+    raw = calibrate_on(sets, data.val_recs, max_false_merge)
+    centred = calibrate_on(sets, data.val_recs, max_false_merge, prior)
+
+    def point(op: OperatingPoint) -> dict[str, Any]:
+        return {**{k: v for k, v in op.to_dict().items() if k != "threshold"}, "pairs": pairs}
+
     meta = {
-        "prior": [float(x) for x in prior],
-        "prior_weight": PRIOR_WEIGHT,
-        "threshold": point.threshold,
-        "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
+        "threshold": raw.threshold,
+        "operating_point": point(raw),
+        "centering": {
+            "prior": [float(x) for x in prior],
+            "prior_weight": PRIOR_WEIGHT,
+            "threshold": centred.threshold,
+            "operating_point": point(centred),
+        },
     }
     summary = {
-        "prior_weight": PRIOR_WEIGHT,
-        "prior_norm": float(np.linalg.norm(prior)),
-        "operating_point": point.to_dict(),
+        "operating_point": {**raw.to_dict(), "pairs": pairs},
+        "centering": {
+            "prior_weight": PRIOR_WEIGHT,
+            "prior_norm": float(np.linalg.norm(prior)),
+            "operating_point": {**centred.to_dict(), "pairs": pairs},
+        },
     }
     return meta, summary
 
 
-def record_centering(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, Any]:
-    """Add (or renew) ``meta["centering"]`` in an existing head ``checkpoint`` trained with ``cfg``, computed
-    exactly as :func:`train_head` computes it for a head it has just trained; nothing else in the file changes.
-    The checkpoint's recorded split must be the one ``cfg`` makes (else ValueError). Returns the summary's
-    record. The file is replaced atomically."""
+def recalibrate(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """Renew the matching thresholds and the camera-centering record (:func:`thresholds_record`) of an existing
+    head ``checkpoint`` trained with ``cfg``, computed exactly as :func:`train_head` computes them for a head it
+    has just trained; the head and the rest of the file stay as they were. The checkpoint's recorded split
+    must be the one ``cfg`` makes (else ValueError). Returns the summary's records. The file is replaced
+    atomically."""
     from models.checkpoint import read_checkpoint
 
     path = Path(checkpoint)
@@ -429,10 +514,8 @@ def record_centering(cfg: HeadTrainConfig, checkpoint: str | Path) -> dict[str, 
     missing, unexpected = model.load_state_dict(payload["head"], strict=False)
     if unexpected or any(not k.startswith("backbone.") for k in missing):
         raise ValueError(f"{path}: its head does not fit {cfg.model.backbone}: {(unexpected or missing)[:3]}")
-    record, summary = centering_record(
-        model, data.bank, data.train_recs, data.val_recs, cfg.model.num_frames, device, cfg.max_false_merge
-    )
-    payload["meta"] = {**meta, "centering": record}
+    record, summary = thresholds_record(model, data, cfg.model.num_frames, device, cfg.max_false_merge)
+    payload["meta"] = {**meta, **record}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -453,10 +536,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
     n = cfg.model.num_frames
     # With looks, the select ids are also scored with each person's second camera seen through a camera
     # look (an "unlike" pair of cameras drawn for ids never trained on), keyed "<frames>u".
-    first_cam = {}
-    for r in select_recs:
-        first_cam[r.pid] = min(first_cam.get(r.pid, r.camid), r.camid)
-    unlike_sel = {r.tracklet_id: LOOK0 for r in select_recs if cfg.looks and r.camid != first_cam[r.pid]}
+    unlike_sel = {t: LOOK0 for t in later_cameras(select_recs)} if cfg.looks else {}
 
     def conditions(records: list[TrackletRecord]) -> list[tuple[Any, int, dict[str, int] | None]]:
         plain = [(f, f, None) for f in cfg.eval_frames]
@@ -548,17 +628,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
                 if t.is_floating_point():
                     t.copy_(t.half().float())
     final_val = evaluate(val_recs)
-    point = calibrate_threshold(
-        *cross_camera_pairs(
-            head_embeddings(model, bank, val_recs, n, device),
-            np.array([r.pid for r in val_recs]),
-            np.array([r.camid for r in val_recs]),
-        ),
-        max_false_merge=cfg.max_false_merge,
-    )
-    centering_meta, centering_summary = centering_record(
-        model, bank, train_recs, val_recs, n, device, cfg.max_false_merge
-    )
+    thresholds, thresholds_summary = thresholds_record(model, data, n, device, cfg.max_false_merge)
     summary = {
         "backbone": cfg.model.backbone,
         "train_ids": train_ids,
@@ -570,8 +640,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "val_trained": metrics_dict(trained_val),
         "val_kept": metrics_dict(final_val),
         "select_baseline": metrics_dict(base_sel),
-        "operating_point": point.to_dict(),
-        "centering": centering_summary,
+        **thresholds_summary,
         "history": history,
     }
     out = Path(cfg.out)
@@ -585,9 +654,7 @@ def train_head(cfg: HeadTrainConfig) -> dict[str, Any]:
         "val_ids": json.dumps(list(cfg.val_ids)),
         "improved": improved,
         "best_epoch": best[1],
-        "threshold": point.threshold,
-        "operating_point": {k: v for k, v in point.to_dict().items() if k != "threshold"},
-        "centering": centering_meta,
+        **thresholds,
         "final": json.dumps({"val_baseline": summary["val_baseline"], "val_kept": summary["val_kept"]}),
     }
     save_checkpoint(
@@ -616,9 +683,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="override the config's out folder")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
     ap.add_argument(
-        "--record-centering",
+        "--recalibrate",
         metavar="CKPT",
-        help="train nothing: add the camera-centering record to this head checkpoint, trained with --config",
+        help="train nothing: renew the thresholds and the camera-centering record of this head checkpoint, "
+        "trained with --config",
     )
     args = ap.parse_args(argv)
     configure_torch()
@@ -627,8 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         over = {k: v for k, v in (("out", args.out), ("epochs", args.epochs)) if v is not None}
         if over:
             cfg = HeadTrainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **over})
-        if args.record_centering:
-            print(json.dumps({"centering": record_centering(cfg, args.record_centering)}))
+        if args.recalibrate:
+            print(json.dumps(recalibrate(cfg, args.recalibrate)))
             return 0
         summary = train_head(cfg)
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -140,9 +140,7 @@ def test_auto_uses_the_checkpoints_prior_and_centred_threshold(tmp_path) -> None
     rec = checkpoint_centering(DEFAULT_CHECKPOINT)
     assert rec is not None, "the default checkpoint records a camera prior"
     raw = float(read_checkpoint(DEFAULT_CHECKPOINT)["meta"]["threshold"])
-    default = matching_threshold(_cfg(tmp_path, "{}"))
-    assert default.prior is None and default.value == pytest.approx(raw), "off unless asked for"
-    t = matching_threshold(_cfg(tmp_path, "{camera_centering: auto}"))
+    t = matching_threshold(_cfg(tmp_path, "{}"))  # the default: auto
     assert t.prior is not None and np.array_equal(t.prior, rec.prior) and t.prior_weight == rec.prior_weight
     assert t.value == pytest.approx(rec.threshold) and t.value != pytest.approx(raw)
     assert "camera-centred" in t.source and t.centering.startswith("on")
@@ -150,8 +148,12 @@ def test_auto_uses_the_checkpoints_prior_and_centred_threshold(tmp_path) -> None
     assert off.prior is None and off.value == pytest.approx(raw) and off.centering == "off"
     on = matching_threshold(_cfg(tmp_path, "{camera_centering: true}"))
     assert np.array_equal(on.prior, t.prior) and (on.value, on.source) == (t.value, t.source)
-    fixed = matching_threshold(_cfg(tmp_path, "{threshold: 0.3, camera_centering: auto}"))
-    assert fixed.value == 0.3 and fixed.prior is not None and "set in the config" in fixed.source
+    assert matching_threshold(_cfg(tmp_path, "{camera_centering: auto}")) == t
+    # a threshold set as a number is a raw cosine unless centring is demanded with it
+    fixed = matching_threshold(_cfg(tmp_path, "{threshold: 0.3}"))
+    assert fixed.value == 0.3 and fixed.prior is None and "set in the config" in fixed.source
+    fixed = matching_threshold(_cfg(tmp_path, "{threshold: 0.3, camera_centering: true}"))
+    assert fixed.value == 0.3 and np.array_equal(fixed.prior, rec.prior) and fixed.centering.startswith("on")
 
 
 def test_a_checkpoint_without_a_prior_matches_as_before_unless_centring_is_demanded(tmp_path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.backbones import OPENVINO_MODELS, preprocess_crops
-from models.calibrate import calibrate_threshold
+from models.calibrate import calibrate_threshold, cross_camera_pairs
 from models.camera_looks import look_for
 from models.checkpoint import checkpoint_centering, checkpoint_threshold, load_drsta, read_checkpoint
 from models.datasets import read_folder, read_image_bgr
@@ -26,7 +26,8 @@ from models.train_head import (
     camera_variants,
     cross_camera_loss,
     head_embeddings,
-    record_centering,
+    later_cameras,
+    recalibrate,
     train_head,
     training_variant,
 )
@@ -92,6 +93,11 @@ def small_pku(tmp_path_factory):
     return root, ids
 
 
+def bank_of(cache_file) -> FeatureBank:
+    data = torch.load(cache_file, weights_only=True)
+    return FeatureBank({p: i for i, p in enumerate(data["paths"])}, data["grids"], data["embs"])
+
+
 def config(
     small_pku, tmp_path, epochs: int, half: bool = False, looks: int = 0, look_scope: str = "tracklet"
 ) -> HeadTrainConfig:
@@ -147,8 +153,7 @@ def test_untrained_run_writes_the_baseline_with_its_threshold(small_pku, tmp_pat
     assert set(rec.operating_point) == set(meta["operating_point"])  # the raw point's shape, threshold apart
     assert meta["threshold"] == summary["operating_point"]["threshold"]  # the raw-scale threshold stays
     (cache,) = (tmp_path / "cache").glob("openvino_0288-*.pt")
-    data = torch.load(cache, weights_only=True)
-    bank = FeatureBank({p: i for i, p in enumerate(data["paths"])}, data["grids"], data["embs"])
+    bank = bank_of(cache)
     records = read_folder(root).gallery
     train_recs = [r for r in records if r.tracklet_id.split("/")[0] in json.loads(meta["train_ids"])]
     val_recs = [r for r in records if r.tracklet_id.split("/")[0] in json.loads(meta["val_ids"])]
@@ -181,18 +186,59 @@ def test_training_uses_the_cache_and_records_history(small_pku, tmp_path) -> Non
     assert summary["improved"] == payload["meta"]["improved"]
     assert payload["head"]["fc.weight"].dtype == torch.float16  # half the bytes on disk
     assert load_drsta(ckpt).fc.weight.dtype == torch.float32
-    # --record-centering renews the record of an existing checkpoint exactly, and changes nothing else
-    recorded = payload["meta"]["centering"]
+    # --recalibrate renews the thresholds and the centring record of an existing checkpoint exactly, and
+    # changes nothing else
+    renewed = ("threshold", "operating_point", "centering")
     stripped = tmp_path / "stripped.pt"
-    torch.save({**payload, "meta": {k: v for k, v in payload["meta"].items() if k != "centering"}}, stripped)
-    assert checkpoint_centering(stripped) is None
+    torch.save({**payload, "meta": {k: v for k, v in payload["meta"].items() if k not in renewed}}, stripped)
+    assert checkpoint_centering(stripped) is None and checkpoint_threshold(stripped) is None
     cfg = config(small_pku, tmp_path, epochs=2, half=True)
-    assert record_centering(cfg, stripped)["operating_point"]["threshold"] == recorded["threshold"]
+    got = recalibrate(cfg, stripped)
+    assert got["centering"]["operating_point"]["threshold"] == payload["meta"]["centering"]["threshold"]
     again = read_checkpoint(stripped)
     assert again["meta"] == payload["meta"]
     assert all(torch.equal(again["head"][k], payload["head"][k]) for k in payload["head"])
     with pytest.raises(ValueError, match="meta train_ids is not the split that --config makes"):
-        record_centering(replace(cfg, seed=cfg.seed + 1), stripped)  # another seed splits the ids otherwise
+        recalibrate(replace(cfg, seed=cfg.seed + 1), stripped)  # another seed splits the ids otherwise
+
+    # with calibration looks: the val ids' later cameras are cached through looks no training run drew, one
+    # per camera for all its people, and both thresholds are calibrated on the pairs of every look pooled
+    looked = replace(cfg, calibration_looks=2, calibration_seed=77)
+    got = recalibrate(looked, stripped)
+    meta = read_checkpoint(stripped)["meta"]
+    assert all(torch.equal(read_checkpoint(stripped)["head"][k], payload["head"][k]) for k in payload["head"])
+    (cal,) = (tmp_path / "cache").glob("openvino_0288-*-calibration2s77.pt")
+    bank = bank_of(cal)
+    val_recs = [r for r in read_folder(small_pku[0]).gallery if r.tracklet_id.split("/")[0] in cfg.val_ids]
+    later = later_cameras(val_recs)
+    assert later == {r.tracklet_id for r in val_recs if r.camid == 1}  # PKU: camera "02" of every person
+    backbone = load_drsta(ckpt).backbone
+    for r in val_recs:
+        image = read_image_bgr(r.paths[0])
+        grids = bank.grids[bank.index[r.paths[0]]].float()
+        if r.tracklet_id not in later:
+            assert not grids[LOOK0:].abs().any()  # a first camera is never looked at
+            continue
+        want, _ = backbone.features_and_embedding(
+            preprocess_crops([look_for(f"camera {r.camid}", 1, 77).apply(image)], size=backbone.input_size)
+        )
+        assert torch.allclose(grids[LOOK0 + 1], want[0], atol=2e-2, rtol=1e-2)
+    model = load_drsta(stripped)
+    (main,) = [p for p in (tmp_path / "cache").glob("openvino_0288-*.pt") if "calibration" not in p.name]
+    full = bank_of(main)
+    pids, cams = np.array([r.pid for r in val_recs]), np.array([r.camid for r in val_recs])
+    sets = [head_embeddings(model, full, val_recs, 6, "cpu")] + [
+        head_embeddings(model, bank, val_recs, 6, "cpu", {t: LOOK0 + j for t in later}) for j in range(2)
+    ]
+    pairs = [cross_camera_pairs(e, pids, cams) for e in sets]
+    want = calibrate_threshold(*(np.concatenate(x) for x in zip(*pairs, strict=True)), max_false_merge=0.01)
+    assert meta["threshold"] == pytest.approx(want.threshold, abs=1e-5)
+    op = meta["operating_point"]
+    assert (op["same_pairs"], op["different_pairs"]) == (3 * 2, 3 * 2) and "2 camera looks" in op["pairs"]
+    assert (
+        meta["centering"]["operating_point"]["same_pairs"] == 6 and got["operating_point"]["same_pairs"] == 6
+    )
+    assert not any(np.allclose(sets[0], s, atol=1e-3) for s in sets[1:])  # the looks changed the embeddings
 
 
 def test_camera_looks_are_cached_for_the_training_pool_and_scored_on_the_select_ids(

@@ -78,9 +78,9 @@ def test_full_pipeline_embedded_queue_and_sqlite(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tracklets_in_sql"] == counts["tracklets"]
     assert summary["cameras"]["plaza"]["frames"] == 80
-    # the threshold the run used and its camera centering (off by default), in the summary and on screen
-    assert summary["matcher_threshold"]["camera_centering"] == "off"
-    assert "camera centering off" in r.stdout
+    # the threshold the run used and its camera centering (on by default: the checkpoint records a prior)
+    assert summary["matcher_threshold"]["camera_centering"].startswith("on (camera means")
+    assert "camera centering on" in r.stdout
     # the operator's commands on the same store
     q = run("query", "identities", "--db", db)
     assert q.returncode == 0 and f"({counts['identities']} identities)" in q.stdout

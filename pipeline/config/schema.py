@@ -350,11 +350,13 @@ class MatcherConfig(Section):
     has passed the bucket; a tracklet still missing after ``max_wait_s`` (a camera or worker gone) is no
     longer waited for (docs/matcher.md, "Order"). The matcher reads embeddings in consumer group ``group``.
     ``camera_centering`` takes each camera's mean embedding out before comparing (docs/matcher.md, §3a):
-    ``false`` (the default: compare the embeddings as they come), ``auto`` (stored as ``None``: on when the
-    checkpoint records a camera prior and a threshold for it) or ``true`` (an error without them)."""
+    ``auto`` (stored as ``None``, the default: on when ``threshold`` is ``auto`` and the checkpoint records a
+    camera prior and a threshold for it), ``false`` (compare the embeddings as they come; a threshold given as
+    a number is always on this raw scale unless centering is ``true``) or ``true`` (an error without a
+    prior)."""
 
     threshold: float | None = field(default=None, metadata={"coerce": _auto_threshold})
-    camera_centering: bool | None = field(default=False, metadata={"coerce": _auto_flag})
+    camera_centering: bool | None = field(default=None, metadata={"coerce": _auto_flag})
     max_prototypes: int = 10
     window_s: float = 1.0
     max_wait_s: float = 60.0

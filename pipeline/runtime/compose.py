@@ -24,6 +24,7 @@ import numpy as np
 
 from common.redact import redact_url
 from pipeline.config import PipelineConfig
+from pipeline.matching.centering import PRIOR_WEIGHT
 from pipeline.runtime.health import HealthReporter
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class MatchingThreshold:
     value: float
     source: str
     prior: np.ndarray | None = field(default=None, compare=False)  # == compares value, source, weight
-    prior_weight: float = 10.0
+    prior_weight: float = PRIOR_WEIGHT
 
     @property
     def centering(self) -> str:
@@ -117,12 +118,13 @@ class MatchingThreshold:
 def matching_threshold(cfg: PipelineConfig) -> MatchingThreshold:
     """``matcher.threshold`` when it is a number; for ``auto`` (``None``) the threshold the re-ID checkpoint
     records with its operating point (``models.calibrate``), on the camera-centred scale when centering is on.
-    ``matcher.camera_centering``: ``auto`` (``None``) is on when the checkpoint records a camera prior.
-    Raises ``ValueError`` (one line, naming the key) when ``auto`` meets a checkpoint that records no
-    threshold, or ``camera_centering: true`` one that records no prior. Imports torch (reads the checkpoint)
-    unless both are set explicitly and centering is off."""
+    ``matcher.camera_centering``: ``auto`` (``None``, the default) is on when the threshold is ``auto`` and the
+    checkpoint records a camera prior; a threshold set as a number is a raw cosine unless centering is
+    ``true``. Raises ``ValueError`` (one line, naming the key) when ``auto`` meets a checkpoint that records
+    no threshold, or ``camera_centering: true`` one that records no prior. Imports torch (reads the
+    checkpoint) unless the threshold is a number and centering is not ``true``."""
     mcfg = cfg.matcher
-    if mcfg.threshold is not None and mcfg.camera_centering is False:
+    if mcfg.threshold is not None and not mcfg.camera_centering:
         return MatchingThreshold(mcfg.threshold, "matcher.threshold (set in the config)")
     from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, read_checkpoint
 
@@ -141,7 +143,7 @@ def matching_threshold(cfg: PipelineConfig) -> MatchingThreshold:
             "set matcher.camera_centering to auto or false"
         )
     prior = None if centering is None else centering.prior
-    weight = 10.0 if centering is None else centering.prior_weight
+    weight = PRIOR_WEIGHT if centering is None else centering.prior_weight
     if mcfg.threshold is not None:
         return MatchingThreshold(mcfg.threshold, "matcher.threshold (set in the config)", prior, weight)
     if centering is not None:
