@@ -19,6 +19,8 @@ The project's default checkpoint holds the head only: the backbone weights are t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -97,6 +99,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a DRSTA checkpoint (format {got!r}, expected {FORMAT!r})")
     return payload
+
+
+def network_digest(path: str | Path) -> str:
+    """sha256 (hex) of what makes a checkpoint's embeddings: everything in it but ``meta`` (the network config,
+    the head's tensors, the backbone and its weights reference). Recalibrating a checkpoint's thresholds or
+    adding notes to ``meta`` keeps it, so stores keep comparing their embeddings with the new ones. Raises
+    CheckpointError as :func:`read_checkpoint` does."""
+    payload = read_checkpoint(path)
+    h = hashlib.sha256()
+
+    def feed(key: str, value: Any) -> None:
+        h.update(key.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for k in sorted(value, key=str):
+                feed(f"{key}/{k}", value[k])
+        else:
+            h.update(json.dumps(value, sort_keys=True, default=str).encode())
+
+    for key in sorted(k for k in payload if k != "meta"):
+        feed(key, payload[key])
+    return h.hexdigest()
+
+
+def model_name(path: str | Path) -> str:
+    """The name stored with every embedding, ``"<checkpoint stem>@<first 12 of network_digest>"``: embeddings
+    are compared only when they come from the same model."""
+    path = Path(path)
+    return f"{path.stem}@{network_digest(path)[:12]}"
 
 
 def build_model_from_checkpoint(

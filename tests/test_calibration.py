@@ -10,7 +10,13 @@ import torch
 
 from models.backbones import build_backbone
 from models.calibrate import calibrate_threshold, cross_camera_pairs
-from models.checkpoint import CheckpointError, checkpoint_centering, checkpoint_threshold, save_checkpoint
+from models.checkpoint import (
+    CheckpointError,
+    checkpoint_centering,
+    checkpoint_threshold,
+    model_name,
+    save_checkpoint,
+)
 from models.drsta import DRSTA, DRSTAConfig
 
 
@@ -131,3 +137,23 @@ def test_centering_record_missing_a_field_or_not_a_dict(tmp_path) -> None:
     path = save_checkpoint(tmp_path / "d.pt", tiny_model(), include_backbone=True, meta={"centering": 0.3})
     with pytest.raises(CheckpointError, match="meta centering: expected a dict"):
         checkpoint_centering(path)
+
+
+def test_the_model_name_follows_the_network_not_its_recorded_thresholds(tmp_path) -> None:
+    model = tiny_model()
+    a = save_checkpoint(tmp_path / "m.pt", model, include_backbone=True, meta={"threshold": 0.6})
+    name = model_name(a)
+    assert name.startswith("m@") and len(name) == len("m@") + 12
+    # recalibrated (another threshold, a centring record): the same network, so its embeddings stay comparable
+    payload = torch.load(a, weights_only=True)
+    torch.save({**payload, "meta": {"threshold": 0.5, "centering": GOOD_CENTERING}}, tmp_path / "m2.pt")
+    assert model_name(tmp_path / "m2.pt") == "m2@" + name[2:]
+    # one weight changed by one float step: another network, another name
+    head = dict(payload["head"])
+    key = next(k for k, v in head.items() if v.is_floating_point() and v.numel())
+    head[key] = head[key].clone()
+    head[key].view(-1)[0] = torch.nextafter(head[key].view(-1)[0], torch.tensor(float("inf")))
+    torch.save({**payload, "head": head}, tmp_path / "m3.pt")
+    assert model_name(tmp_path / "m3.pt")[3:] != name[2:]
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        model_name(tmp_path / "absent.pt")

@@ -59,10 +59,10 @@ def streams(cfg: PipelineConfig) -> tuple[str, str]:
 
 
 def model_name(checkpoint: Path) -> str:
-    """Embeddings are compared only when they come from the same model: name + content hash."""
-    from models.weights import sha256_file
+    """Embeddings are compared only when they come from the same model (``models.checkpoint.model_name``)."""
+    from models.checkpoint import model_name as name_of
 
-    return f"{checkpoint.stem}@{sha256_file(checkpoint)[:12]}"
+    return name_of(checkpoint)
 
 
 def make_session_key(cfg: PipelineConfig, *, only: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 The query is a stored tracklet's own embedding (pick a sighting) or an uploaded crop embedded, as a tracklet
 of one frame, by the model the run used. Embeddings are comparable only from the same model, so the model
-name stored with the embeddings (``"<checkpoint stem>@<sha12>"``) must be the default checkpoint's name;
+name stored with the embeddings (``models.checkpoint.model_name``) must be the default checkpoint's name;
 otherwise :class:`ModelUnavailable` says so.
 """
 
@@ -80,10 +80,9 @@ class CropEmbedder:
 
     def default_name(self) -> str:
         if self._name is None:
-            from models.checkpoint import DEFAULT_CHECKPOINT
-            from models.weights import sha256_file
+            from models.checkpoint import DEFAULT_CHECKPOINT, model_name
 
-            self._name = f"{DEFAULT_CHECKPOINT.stem}@{sha256_file(DEFAULT_CHECKPOINT)[:12]}"
+            self._name = model_name(DEFAULT_CHECKPOINT)
         return self._name
 
     def embed(self, crop_bgr: np.ndarray, model: str) -> np.ndarray:
