@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.plots import plot_cmc
 
         n = next(iter(results.values()))["num_query"]
-        plot_cmc(curves, Path(args.plot), title=f"CMC on {args.dataset} ({n} queries)", max_rank=20)
+        centred = ", camera-centred" if args.center == "camera" else ""
+        plot_cmc(curves, Path(args.plot), title=f"CMC on {args.dataset} ({n} queries{centred})", max_rank=20)
     return 0
 
 
