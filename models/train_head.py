@@ -346,6 +346,7 @@ class Prepared:
     bank: FeatureBank
     calibration_bank: FeatureBank | None  # the val ids' images and calibration looks (None: no looks)
     calibration_looks: int
+    calibration_seed: int
 
 
 def prepare(cfg: HeadTrainConfig, device) -> Prepared:
@@ -415,6 +416,7 @@ def prepare(cfg: HeadTrainConfig, device) -> Prepared:
         bank,
         calibration_bank,
         cfg.calibration_looks,
+        cfg.calibration_seed,
     )
 
 
@@ -464,7 +466,9 @@ def thresholds_record(model, data: Prepared, n: int, device, max_false_merge: fl
     sets = calibration_sets(model, data, n, device)
     prior = centering_prior(head_embeddings(model, data.bank, data.train_recs, n, device))
     pairs = "the val ids' cross-camera pairs as filmed" + (
-        f" and through {len(sets) - 1} camera looks (models.camera_looks)" if len(sets) > 1 else ""
+        f" and through {len(sets) - 1} camera looks (models.camera_looks, seed {data.calibration_seed})"
+        if len(sets) > 1
+        else ""
     )
     raw = calibrate_on(sets, data.val_recs, max_false_merge)
     centred = calibrate_on(sets, data.val_recs, max_false_merge, prior)
