@@ -19,12 +19,24 @@ backbone is always frozen. Outputs come back on the input's device, so the head 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, OwnHead
+
+
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO ``Core``. Every backbone and every graph read shares it: a process that creates
+    a new Core per model load crashes (segmentation fault) after a few dozen loads, as the test suite did
+    (docs/decisions.md, "One OpenVINO Core")."""
+    import openvino as ov  # lazy: only users of this backbone pay for importing OpenVINO
+
+    return ov.Core()
+
 
 # Ops between the pooled vector and the embedding that carry no arithmetic.
 _PASS_THROUGH = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Convert"})
@@ -49,7 +61,7 @@ class OpenVINOBackbone(Backbone):
             raise FileNotFoundError(f"OpenVINO re-ID model not found: {path}")
         self.model_path = path
         self.weights_file = path
-        core = ov.Core()
+        core = openvino_core()
         model = core.read_model(path)
         pool = _global_pool(model, path)
         spatial = pool.input_value(0)  # the (1, D, h, w) map feeding the pooling
@@ -105,10 +117,9 @@ class OpenVINOBackbone(Backbone):
         return self._infer(x)
 
     def own_head(self) -> OwnHead:
-        import openvino as ov
         from openvino import passes
 
-        model = ov.Core().read_model(self.model_path)  # a fresh copy: folding rewrites the graph
+        model = openvino_core().read_model(self.model_path)  # a fresh copy: folding rewrites the graph
         manager = passes.Manager()
         manager.register_pass(passes.ConstantFolding())
         manager.run_passes(model)

@@ -10,6 +10,7 @@ import torch
 
 from models.backbones import OPENVINO_MODELS, build_backbone, preprocess_crops
 from models.datasets import read_image_bgr
+from models.openvino_backbone import openvino_core
 from tests.conftest import shared_path
 
 # name -> (channels of the last spatial map, own embedding size); every map is 16x8 at 256x128
@@ -80,14 +81,13 @@ def test_int8_tail_is_refused_with_the_reason() -> None:
 def test_embedding_matches_a_direct_openvino_run_on_bgr_pixels(pku_crops) -> None:
     """The backbone undoes ImageNet normalisation: the net sees the BGR 0-255 pixels it was trained on."""
     import cv2
-    import openvino as ov
 
     path = shared_path(OPENVINO_MODELS["openvino_0277"])
     root = shared_path("data/pku-reid")
     img = cv2.resize(
         read_image_bgr(str(root / "001" / "01_1.png")), (128, 256), interpolation=cv2.INTER_LINEAR
     )
-    direct = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    direct = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     want = direct(img.transpose(2, 0, 1)[None].astype(np.float32))[0]
     got = build_backbone("openvino_0277").image_embedding(pku_crops[:1]).numpy()
     np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-3)
