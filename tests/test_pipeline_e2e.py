@@ -168,37 +168,6 @@ def test_query_errors_are_one_line_and_hide_secrets(tmp_path, args, expect):
 
 
 @pytest.mark.slow
-def test_ctrl_c_flushes_drains_and_leaves_a_consistent_store(tmp_path):
-    import signal
-    import time
-
-    from tests.reliability.helpers import sql_tracklet_count
-
-    cfg = demo_config(tmp_path)
-    db = f"sqlite:///{tmp_path / 'reid.db'}"
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "run_pipeline.py", "--cameras", cfg, "--db", db, "--quiet", "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # models loaded and the cameras into the footage (which would take minutes to finish): a tracklet in SQL
-    deadline = time.monotonic() + 240
-    while sql_tracklet_count(db) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "stopping" in stdout and stdout.count("tracklets in SQL") == 1
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["cameras"]["plaza"]["frames"] < 795  # really interrupted
-    check_store(db, out)  # every tracklet closed by the flush is in SQL exactly once
-
-
-@pytest.mark.slow
 def test_worker_roles_against_one_redis_and_one_database(tmp_path):
     """The multi-machine deployment on one machine: matcher, re-ID and camera roles as separate commands."""
     import signal

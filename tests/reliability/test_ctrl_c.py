@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests import test_pipeline_e2e as e2e
 from tests.reliability.helpers import (
     Proc,
     check_store,
@@ -82,7 +83,7 @@ def replays(tmp_path_factory: pytest.TempPathFactory):
 def test_ctrl_c_exits_cleanly_and_leaves_no_half_written_rows(replays):
     run = replays.runs["run1"]
     assert run.poll() == 0, run.stderr()[-3000:]
-    assert "stopping" in run.stdout() and "tracklets in SQL" in run.stdout()
+    assert "stopping" in run.stdout() and run.stdout().count("tracklets in SQL") == 1  # the summary, once
     summary = json.loads((replays.out("run1") / "summary.json").read_text())
     frames = {c: summary["cameras"][c]["frames"] for c in ("room-a", "plaza")}
     assert all(0 < n < FRAMES for n in frames.values()), f"not interrupted mid-replay: {frames}"
@@ -90,6 +91,8 @@ def test_ctrl_c_exits_cleanly_and_leaves_no_half_written_rows(replays):
     # identities' statistics agree with their sightings
     counts = check_store(replays.stores["run1"], written_tracklets(replays.out("run1")))
     assert summary["tracklets_in_sql"] == counts["tracklets"]
+    # and through the store's own read API: every identity counted, a timeline to show
+    e2e.check_store(replays.stores["run1"], replays.out("run1"))
 
 
 def test_replaying_again_adds_each_remaining_tracklet_exactly_once(replays):
