@@ -99,8 +99,8 @@ def test_full_pipeline_embedded_queue_and_sqlite(tmp_path):
     store.dispose()
     for table in ("tracklets", "embeddings", "identities", "sightings", "cameras"):
         assert again[table] == counts[table], table
-    # other settings (here: more frames) are another replay: its tracklets are added, the old ones untouched
-    r3 = run("--cameras", cfg, "--db", db, "--max-frames", "90", "--quiet", "--out", str(tmp_path / "out3"))
+    # other settings (here: fewer frames) are another replay: its tracklets are added, the old ones untouched
+    r3 = run("--cameras", cfg, "--db", db, "--max-frames", "40", "--quiet", "--out", str(tmp_path / "out3"))
     assert r3.returncode == 0, r3.stderr[-3000:]
     store = open_store(db)
     with store.session(readonly=True) as s:
