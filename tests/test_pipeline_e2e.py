@@ -12,6 +12,7 @@ import pytest
 from storage import repository as repo
 from storage.db import open_store
 from tests.conftest import REPO, pg_unreachable, redis_unreachable, shared_path
+from tests.reliability.helpers import written_tracklets
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -87,17 +88,19 @@ def test_full_pipeline_embedded_queue_and_sqlite(tmp_path):
     plot = tmp_path / "tl.png"
     q = run("query", "timeline", "--db", db, "--identity", "1", "--plot", str(plot))
     assert q.returncode == 0 and "sightings)" in q.stdout and plot.stat().st_size > 5000
-    # replaying the same footage with the same settings again is idempotent: same keys, nothing added
+    # replaying the same footage with the same settings again is idempotent: the replay itself is
+    # deterministic (the same tracklets, in the same order), and its keys are the same, so nothing is added
     r2 = run("--cameras", cfg, "--db", db, "--max-frames", "80", "--quiet", "--out", str(tmp_path / "out2"))
     assert r2.returncode == 0, r2.stderr[-3000:]
+    assert written_tracklets(tmp_path / "out2") == written_tracklets(out)
     store = open_store(db)
     with store.session(readonly=True) as s:
         again = repo.counts(s)
     store.dispose()
     for table in ("tracklets", "embeddings", "identities", "sightings", "cameras"):
         assert again[table] == counts[table], table
-    # other settings (here: more frames) are another replay: its tracklets are added, the old ones untouched
-    r3 = run("--cameras", cfg, "--db", db, "--max-frames", "90", "--quiet", "--out", str(tmp_path / "out3"))
+    # other settings (here: fewer frames) are another replay: its tracklets are added, the old ones untouched
+    r3 = run("--cameras", cfg, "--db", db, "--max-frames", "40", "--quiet", "--out", str(tmp_path / "out3"))
     assert r3.returncode == 0, r3.stderr[-3000:]
     store = open_store(db)
     with store.session(readonly=True) as s:
@@ -165,37 +168,6 @@ def test_query_errors_are_one_line_and_hide_secrets(tmp_path, args, expect):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and expect in last
     assert "hunter2" not in r.stderr + r.stdout
-
-
-@pytest.mark.slow
-def test_ctrl_c_flushes_drains_and_leaves_a_consistent_store(tmp_path):
-    import signal
-    import time
-
-    from tests.reliability.helpers import sql_tracklet_count
-
-    cfg = demo_config(tmp_path)
-    db = f"sqlite:///{tmp_path / 'reid.db'}"
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "run_pipeline.py", "--cameras", cfg, "--db", db, "--quiet", "--out", str(out)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # models loaded and the cameras into the footage (which would take minutes to finish): a tracklet in SQL
-    deadline = time.monotonic() + 240
-    while sql_tracklet_count(db) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "stopping" in stdout and stdout.count("tracklets in SQL") == 1
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["cameras"]["plaza"]["frames"] < 795  # really interrupted
-    check_store(db, out)  # every tracklet closed by the flush is in SQL exactly once
 
 
 @pytest.mark.slow
